@@ -1,0 +1,1 @@
+"""Agentic collaboration layer: planner, retriever, imaging, writer, verifier, safety agents and the runner."""

@@ -1,0 +1,1 @@
+"""Applications: radiology report drafting, clinical QA with citations, patient summaries."""

@@ -1,0 +1,64 @@
+"""The project's error hierarchy.
+
+Every error message says what failed and how to fix it, and never contains PHI: refer to record ids,
+file paths and locators (line numbers, JSON paths), never to field values from patient data.
+"""
+
+from __future__ import annotations
+
+
+class SageError(Exception):
+    """Root of every error raised on purpose by SAGE-Health."""
+
+
+class ConfigError(SageError):
+    """Settings are missing or inconsistent."""
+
+
+class DataError(SageError):
+    """Base for data-layer failures."""
+
+
+class IngestionError(DataError):
+    """A file or record could not be ingested. ``path`` and ``locator`` say where."""
+
+    def __init__(self, message: str, *, path: str | None = None, locator: str | None = None) -> None:
+        self.path = path
+        self.locator = locator
+        self.reason = message
+        where = path or ""
+        if locator:
+            where = f"{where}:{locator}" if where else locator
+        super().__init__(f"{where}: {message}" if where else message)
+
+
+class ValidationError(IngestionError):
+    """Input parsed but does not satisfy the schema (e.g. an invalid FHIR resource)."""
+
+
+class UnsupportedFormatError(IngestionError):
+    """No connector recognises the file."""
+
+
+class PolicyViolation(DataError):
+    """An access was denied by policy."""
+
+
+class StoreError(DataError):
+    """The store is unreadable, of an incompatible schema version, or a write failed."""
+
+
+class RecordNotFoundError(StoreError):
+    """A record id does not exist in the store."""
+
+
+class RetrievalError(SageError):
+    """A search request was invalid or could not be served."""
+
+
+class ModelError(SageError):
+    """A model could not be loaded or failed to produce output."""
+
+
+class AgentError(SageError):
+    """An agent step failed."""

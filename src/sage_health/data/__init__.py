@@ -1,0 +1,1 @@
+"""Data layer: the Sustainable Medical Data Ecosystem (schema, ingest, store, embeddings, retrieval)."""

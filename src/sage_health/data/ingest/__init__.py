@@ -1,0 +1,1 @@
+"""Ingest connectors (one per input format) and the streaming, atomic ingest pipeline."""

@@ -1,0 +1,1 @@
+"""Conformance suites and small fixtures that ship with the library (for backends and plugins)."""
