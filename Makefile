@@ -30,7 +30,7 @@ $(BENCH_STAMP): $(STAMP)
 	touch $(BENCH_STAMP)
 
 demo: install
-	$(BIN)/python -m sage_health.interfaces.demo
+	$(BIN)/sage-health demo
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks

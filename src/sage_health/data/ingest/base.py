@@ -107,7 +107,7 @@ def open_text(path: Path) -> io.TextIOWrapper:
     """Open a (possibly gzipped) UTF-8 text file for streaming (strict decoding)."""
     with path.open("rb") as probe:
         magic = probe.read(2)
-    binary: Any = gzip.open(path, "rb") if magic == b"\x1f\x8b" else path.open("rb")
+    binary: Any = gzip.open(path, "rb") if magic == b"\x1f\x8b" else path.open("rb")  # noqa: SIM115 - caller closes
     return io.TextIOWrapper(binary, encoding="utf-8", errors="strict", newline="")
 
 
@@ -119,13 +119,18 @@ def iter_json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any] | RecordPr
     lineno = 0
     try:
         with open_text(path) as handle:
-            for lineno, line in enumerate(handle, start=1):  # noqa: B007 - used after the loop
+            for lineno, line in enumerate(handle, start=1):
                 if not line.strip():
                     continue
                 try:
                     obj = json.loads(line)
                 except json.JSONDecodeError as exc:
-                    yield lineno, RecordProblem(locator=f"line {lineno}", reason=f"malformed JSON: {exc.msg} (column {exc.colno})")
+                    yield (
+                        lineno,
+                        RecordProblem(
+                            locator=f"line {lineno}", reason=f"malformed JSON: {exc.msg} (column {exc.colno})"
+                        ),
+                    )
                     continue
                 if not isinstance(obj, dict):
                     yield lineno, RecordProblem(locator=f"line {lineno}", reason="expected a JSON object")
@@ -162,7 +167,7 @@ def iter_csv_rows(path: Path) -> Iterator[tuple[int, dict[str, str]]]:
     rowno = 0
     try:
         with open_text(path) as handle:
-            for rowno, row in enumerate(csv.DictReader(handle), start=1):  # noqa: B007
+            for rowno, row in enumerate(csv.DictReader(handle), start=1):
                 yield rowno, row
     except UnicodeDecodeError as exc:
         raise IngestionError(

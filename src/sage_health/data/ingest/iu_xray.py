@@ -120,12 +120,14 @@ class OpenIXmlConnector:
         uid_node = root.find("IUXRId")
         uid = uid_node.get("id") if uid_node is not None else None
         if uid is None:
-            uid = path.stem
-        mesh = root.find("MeSH")
+            openi = root.find("uId")
+            openi_id = (openi.get("id") or "") if openi is not None else ""
+            uid = openi_id.removeprefix("CXR") if openi_id.startswith("CXR") else path.stem
+        mesh = next(root.iter("MeSH"), None)
         major = [m.text or "" for m in mesh.findall("major")] if mesh is not None else []
         automatic = [m.text or "" for m in mesh.findall("automatic")] if mesh is not None else []
         images = []
-        for image in root.findall("parentImage"):
+        for image in root.iter("parentImage"):
             caption = image.find("caption")
             images.append({"id": image.get("id") or "", "caption": (caption.text or "") if caption is not None else ""})
         try:

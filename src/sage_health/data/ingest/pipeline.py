@@ -215,12 +215,19 @@ class IngestPipeline:
             return
         batch: list[RecordBase] = []
         n_records = 0
+        seen: dict[str, str | None] = {}  # record id -> locator of its first occurrence in this file
         try:
             for item in connector.parse(path.resolve(), digest, ctx):
+                if not isinstance(item, RecordProblem) and item.id in seen:
+                    item = RecordProblem(
+                        locator=item.provenance.locator or "?",
+                        reason=f"duplicate record id {item.id} (first at {seen[item.id]}); the first is kept",
+                    )
                 if isinstance(item, RecordProblem):
                     stats.errors += 1
                     self._problem(report, FileProblem(str(path), item.locator, item.reason), on_problem)
                     continue
+                seen[item.id] = item.provenance.locator
                 batch.append(item)
                 n_records += 1
                 if len(batch) >= self.batch_records:

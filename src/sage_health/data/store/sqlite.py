@@ -95,13 +95,15 @@ CREATE TABLE IF NOT EXISTS vectors (
 """
 
 _STOPWORDS = frozenset(
-    """a about above after again against all am an and any are as at be because been before being below
+    """
+    a about above after again against all am an and any are as at be because been before being below
     between both but by can could did do does doing down during each few for from further had has have
-    having he her here hers herself him himself his how i if in into is it its itself just me more most my
-    myself no nor not now of off on once only or other our ours ourselves out over own same she should so
-    some such than that the their theirs them themselves then there these they this those through to too
-    under until up very was we were what when where which while who whom why will with would you your
-    yours yourself yourselves""".split()
+    having he her here hers herself him himself his how i if in into is it its itself just me more most
+    my myself no nor not now of off on once only or other our ours ourselves out over own same she
+    should so some such than that the their theirs them themselves then there these they this those
+    through to too under until up very was we were what when where which while who whom why will with
+    would you your yours yourself yourselves
+    """.split()  # noqa: SIM905 - a word list reads best as text
 )
 _WORD = re.compile(r"[A-Za-z0-9]+")
 
@@ -146,9 +148,7 @@ class _DenseMatrix:
 class SqliteDocumentStore:
     """The embedded default store. Cheap to construct; the database is opened on first use."""
 
-    def __init__(
-        self, path: Path | str, embedder: Embedder, chunker: Chunker | None = None, rrf_k: int = 60
-    ) -> None:
+    def __init__(self, path: Path | str, embedder: Embedder, chunker: Chunker | None = None, rrf_k: int = 60) -> None:
         self.path = Path(path)
         self.rrf_k = rrf_k
         self.embedder = embedder
@@ -273,8 +273,7 @@ class SqliteDocumentStore:
             digest = record.content_hash()
             if record.id in by_id and hashes[record.id] != digest:
                 raise StoreError(
-                    f"record {record.id}: appears twice in one batch with different content; "
-                    "deduplicate the input"
+                    f"record {record.id}: appears twice in one batch with different content; deduplicate the input"
                 )
             by_id[record.id] = record
             hashes[record.id] = digest
@@ -435,9 +434,7 @@ class SqliteDocumentStore:
         )
         return [Chunk(section=r[0], ordinal=r[1], text=r[2], start=r[3], end=r[4]) for r in rows]
 
-    def iter_records(
-        self, filters: SearchFilters | None = None, *, batch: int = 1000
-    ) -> Iterator[StoredRecord]:
+    def iter_records(self, filters: SearchFilters | None = None, *, batch: int = 1000) -> Iterator[StoredRecord]:
         """Current records matching ``filters`` (section filters are ignored), ordered by id."""
         where, params = self._where(filters or SearchFilters(), alias="r", for_records=True)
         conn = self._connect()
@@ -463,9 +460,7 @@ class SqliteDocumentStore:
                 for part in _batched(ids):
                     marks = ",".join("?" * len(part))
                     conn.execute(f"DELETE FROM chunks WHERE record_id IN ({marks})", tuple(part))
-                    cur = conn.execute(
-                        f"SELECT count(DISTINCT id) FROM records WHERE id IN ({marks})", tuple(part)
-                    )
+                    cur = conn.execute(f"SELECT count(DISTINCT id) FROM records WHERE id IN ({marks})", tuple(part))
                     removed += cur.fetchone()[0]
                     conn.execute(f"DELETE FROM records WHERE id IN ({marks})", tuple(part))
                 if removed:
@@ -579,10 +574,8 @@ class SqliteDocumentStore:
             rows = rows[ids[rows] == cand]
             if rows.size == 0:
                 return []
-            if rows.size * 8 < ids.size:
-                scores = matrix[rows] @ query
-            else:
-                scores = (matrix @ query)[rows]
+            # few candidates: gather their rows; many: one full mat-vec is cheaper than the gather
+            scores = matrix[rows] @ query if rows.size * 8 < ids.size else (matrix @ query)[rows]
         top = min(n, scores.size)
         if top == 0:
             return []
@@ -738,7 +731,9 @@ class SqliteDocumentStore:
             "schema_version": SCHEMA_VERSION,
             "records": scalar("SELECT count(*) FROM records WHERE is_current=1"),
             "record_versions": scalar("SELECT count(*) FROM records"),
-            "patients": scalar("SELECT count(DISTINCT patient_id) FROM records WHERE is_current=1 AND patient_id IS NOT NULL"),
+            "patients": scalar(
+                "SELECT count(DISTINCT patient_id) FROM records WHERE is_current=1 AND patient_id IS NOT NULL"
+            ),
             "chunks": scalar("SELECT count(*) FROM chunks"),
             "vectors": scalar("SELECT count(*) FROM vectors"),
             "files": scalar("SELECT count(*) FROM files"),

@@ -1,0 +1,121 @@
+"""``make demo`` / ``sage-health demo``: ingest the shared data, then show cited search results."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+from rich.console import Console
+from rich.panel import Panel
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
+
+from sage_health.core.config import Settings
+from sage_health.core.errors import SageError
+from sage_health.data.ingest.pipeline import IngestPipeline, expand_paths
+from sage_health.data.retrieval import patient_context
+from sage_health.data.store.protocol import SearchFilters, SearchHit, SearchQuery
+from sage_health.data.store.sqlite import SqliteDocumentStore
+
+
+def _cite(out: Console, title: str, hits: list[SearchHit]) -> None:
+    lines = []
+    for hit in hits:
+        prov = hit.provenance
+        where = f"{Path(prov.source_file).name}:{prov.locator}" if prov.source_file else "n/a"
+        when = f" {hit.effective.date().isoformat()}" if hit.effective else ""
+        lines.append(
+            f"[bold][{hit.rank}][/] {hit.text[:220]}{'…' if len(hit.text) > 220 else ''}\n"
+            f"    [dim]evidence: {hit.record_id} v{hit.record_version} · {hit.resource_type}/{hit.section}{when} · "
+            f"{where} · score {hit.score:.4f} (bm25 #{hit.bm25_rank or '-'}, dense #{hit.dense_rank or '-'})[/]"
+        )
+    out.print(Panel("\n".join(lines) or "no results", title=title, title_align="left"))
+
+
+def run_demo(settings: Settings, store: SqliteDocumentStore, out: Console, err: Console) -> None:
+    data_dir = settings.data_dir
+    if not data_dir.is_dir():
+        raise SageError(
+            f"public data not found at {data_dir}; set SAGE_DATA_DIR (see README: Data) and re-run `make demo`"
+        )
+    with store:
+        pipeline = IngestPipeline(
+            store, batch_records=settings.batch_records, max_file_bytes=int(settings.max_file_mb * 2**20)
+        )
+        total = sum(f.stat().st_size for f, _ in expand_paths([data_dir]))
+        out.print(f"[bold]1. Ingest[/] {data_dir} into {settings.store} (idempotent: unchanged files are skipped)")
+        with Progress(
+            TextColumn("[bold]ingest"), BarColumn(), DownloadColumn(), TimeElapsedColumn(), console=err
+        ) as progress:
+            task = progress.add_task("ingest", total=total)
+            report = pipeline.run([data_dir], command="demo", progress=lambda _e, size: progress.advance(task, size))
+        t = report.total()
+        out.print(
+            f"   run {report.run_id}: {t.inserted:,} new, {t.updated:,} updated, {t.unchanged:,} unchanged records, "
+            f"{t.chunks:,} chunks, {len(report.problems)} problems, {len(report.skipped)} files skipped, "
+            f"{report.seconds:.0f} s"
+        )
+        for problem in report.problems[:10]:
+            out.print(f"   [red]rejected[/] {problem.line()}", highlight=False)
+        stats = store.stats()
+        out.print(
+            f"   store: {stats['records']:,} records ({stats['patients']} patients), {stats['chunks']:,} chunks, "
+            f"{stats['bytes_on_disk'] / 2**20:.0f} MiB; by type: "
+            + ", ".join(f"{k} {v:,}" for k, v in stats["by_type"].items())
+        )
+
+        out.print("\n[bold]2. Hybrid search with evidence[/] (BM25 + MiniLM dense, reciprocal-rank fusion)")
+        _cite(
+            out,
+            "Radiology: 'enlarged heart with pleural effusion' (DiagnosticReport, impression section)",
+            store.search(
+                SearchQuery(
+                    text="enlarged heart with pleural effusion",
+                    k=3,
+                    filters=SearchFilters(resource_types=("DiagnosticReport",), sections=("impression",)),
+                )
+            ),
+        )
+        _cite(
+            out,
+            "Knowledge: 'What are the early symptoms of glaucoma?' (KnowledgeDocument)",
+            store.search(
+                SearchQuery(
+                    text="What are the early symptoms of glaucoma?",
+                    k=3,
+                    filters=SearchFilters(resource_types=("KnowledgeDocument",)),
+                )
+            ),
+        )
+        _cite(
+            out,
+            "Imaging: 'COVID-19 pneumonia chest X-ray' (Image records; pixels stay in their files)",
+            store.search(
+                SearchQuery(
+                    text="COVID-19 pneumonia chest X-ray",
+                    k=3,
+                    filters=SearchFilters(resource_types=("Image",)),
+                )
+            ),
+        )
+        patient = next(
+            (s.record for s in store.iter_records(SearchFilters(resource_types=("Patient",), sources=("synthea",)))),
+            None,
+        )
+        if patient is not None:
+            ctx = patient_context(
+                store,
+                patient.id,
+                "blood pressure and cholesterol",
+                k=5,
+                since=datetime(2010, 1, 1, tzinfo=UTC),
+            )
+            _cite(
+                out,
+                f"Patient-scoped, since 2010: 'blood pressure and cholesterol' for {patient.id} "
+                f"({len(ctx.timeline)} timeline records; hits in date order)",
+                ctx.hits,
+            )
+        out.print(
+            "\nTry: [bold].venv/bin/sage-health search 'pneumothorax' --type DiagnosticReport[/], "
+            "[bold]sage-health show <record id>[/], [bold]sage-health stats[/], [bold]sage-health doctor[/]"
+        )
