@@ -11,6 +11,8 @@ from pathlib import Path
 
 from sage_health.core.errors import ConfigError
 from sage_health.data.ingest.base import Connector
+from sage_health.data.ingest.fhir import FhirBundleConnector
+from sage_health.data.ingest.imaging import CovidCaseNotesConnector, DicomConnector, PngImageConnector
 from sage_health.data.ingest.iu_xray import IndianaCsvConnector, IUReportsJsonlConnector, OpenIXmlConnector
 from sage_health.data.ingest.knowledge import MedQuADConnector, MirageConnector, PubMedQAConnector
 from sage_health.data.ingest.notes import TextNoteConnector
@@ -20,12 +22,16 @@ ENTRY_POINT_GROUP = "sage_health.connectors"
 
 def builtin_connectors() -> list[Connector]:
     connectors: list[Connector] = [
+        FhirBundleConnector(),
         IUReportsJsonlConnector(),
         OpenIXmlConnector(),
         IndianaCsvConnector(),
         MedQuADConnector(),
         PubMedQAConnector(),
         MirageConnector(),
+        PngImageConnector(),
+        DicomConnector(),
+        CovidCaseNotesConnector(),
         TextNoteConnector(),
     ]
     for ep in entry_points(group=ENTRY_POINT_GROUP):
@@ -40,6 +46,7 @@ def builtin_connectors() -> list[Connector]:
 # name -> reason; files that belong to datasets but are not records themselves
 _AUXILIARY_NAMES = {
     "manifest.csv": "dataset manifest (file inventory)",
+    "DICOMDIR": "DICOM media directory (an index of the instances beside it, which are ingested themselves)",
     "images.csv": "image metadata table (read by the image connector for the images beside it)",
     "labels.csv": "image label table (read by the image connector for the images beside it)",
     "indiana_projections.csv": "IU X-ray image projection table (image files are not part of the data)",
