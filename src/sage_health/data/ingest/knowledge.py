@@ -10,7 +10,7 @@ import ast
 import re
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from sage_health.core.errors import IngestionError
@@ -50,12 +50,30 @@ def _as_list(value: Any) -> list[str]:
 # ---------------------------------------------------------------------- MedQuAD
 
 
+def medquad_local_id(obj: dict[str, Any]) -> str | None:
+    """A unique local id for one MedQuAD pair: ``<collection>:<document>-<pair number>``.
+
+    MedQuAD's own ``id`` is not unique (2,489 ids repeat: document numbers restart in every collection,
+    and CancerGov multi-focus files share one id), so the id is built from the source XML path and the
+    pair number of ``question_id``; the original ``id`` is kept in ``metadata['medquad_id']``.
+    """
+    file = clean(obj.get("file"))
+    question_id = clean(obj.get("question_id"))
+    if file and question_id:
+        path = PurePosixPath(file)
+        local = f"{path.parent}:{path.stem}-{question_id.rsplit('-', 1)[-1]}" if path.parent.name else None
+        if local:
+            return safe_id(local)
+    rid = clean(obj.get("id"))
+    return safe_id(rid) if rid else None
+
+
 def medquad_record(obj: dict[str, Any], source: str) -> KnowledgeDocument:
     """One MedQuAD QA pair -> a KnowledgeDocument (answer text, titled by its focus).
 
     The question is kept as metadata but not indexed: retrieval evaluation queries with it.
     """
-    rid = clean(obj.get("id"))
+    rid = medquad_local_id(obj)
     answer = clean(obj.get("answer"))
     if not rid or not answer:
         raise ValueError("missing 'id' or 'answer'")
@@ -64,8 +82,10 @@ def medquad_record(obj: dict[str, Any], source: str) -> KnowledgeDocument:
         for k in ("question", "question_id", "question_type", "source", "semantic_group", "file")
         if obj.get(k) not in (None, "")
     }
+    if obj.get("id") not in (None, ""):
+        metadata["medquad_id"] = str(obj["id"])
     return KnowledgeDocument(
-        id=f"{source}/KnowledgeDocument/{safe_id(rid)}",
+        id=f"{source}/KnowledgeDocument/{rid}",
         source=source,
         title=clean(obj.get("focus")),
         text=normalise_whitespace(answer),
@@ -106,7 +126,8 @@ def _pubmedqa_pair(pmid: str, item: dict[str, Any], source: str) -> tuple[Knowle
     question = clean(item.get("QUESTION"))
     if not isinstance(contexts, list) or not contexts or not question:
         raise ValueError("missing QUESTION or CONTEXTS")
-    labels = item.get("LABELS") if isinstance(item.get("LABELS"), list) else []
+    raw_labels = item.get("LABELS")
+    labels: list[Any] = raw_labels if isinstance(raw_labels, list) else []
     parts = []
     for i, ctx_text in enumerate(contexts):
         label = labels[i] if i < len(labels) else None
@@ -140,9 +161,11 @@ def _pubmedqa_pair(pmid: str, item: dict[str, Any], source: str) -> tuple[Knowle
     return doc, qa
 
 
-def pubmedqa_records(data: Any, source: str = "pubmedqa") -> Iterator[tuple[str, KnowledgeDocument, QAItem] | RecordProblem]:
+def pubmedqa_records(
+    data: Any, source: str = "pubmedqa"
+) -> Iterator[tuple[str, KnowledgeDocument, QAItem] | RecordProblem]:
     if not isinstance(data, dict):
-        raise ValueError("expected a JSON object keyed by PMID")
+        raise TypeError("expected a JSON object keyed by PMID")
     for pmid, item in data.items():
         if not isinstance(item, dict):
             yield RecordProblem(locator=f"$['{pmid}']", reason="expected an object")
@@ -166,7 +189,7 @@ class PubMedQAConnector:
         data = load_json(path)
         try:
             items = list(pubmedqa_records(data, ctx.source("pubmedqa")))
-        except ValueError as exc:
+        except TypeError as exc:
             raise IngestionError(str(exc), path=str(path)) from exc
         for item in items:
             if isinstance(item, RecordProblem):

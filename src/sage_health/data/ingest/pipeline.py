@@ -82,6 +82,23 @@ class IngestReport:
         }
 
 
+@dataclass
+class _Batch:
+    """Records waiting for one atomic write (possibly from several small files of one connector)."""
+
+    connector: str | None = None
+    records: list[RecordBase] = field(default_factory=list)
+    ids: set[str] = field(default_factory=set)
+    files: list[tuple[str, str, int, int]] = field(default_factory=list)
+    """(resolved path, sha256, size, records) of files whose last record is in this batch."""
+
+    def reset(self) -> None:
+        self.connector = None
+        self.records.clear()
+        self.ids.clear()
+        self.files.clear()
+
+
 ProgressFn = Callable[[str, int], None]
 """Called as (event, value): ("file", bytes_of_file_done) after each file."""
 
@@ -119,6 +136,7 @@ class IngestPipeline:
         self.max_file_bytes = max_file_bytes
         self.source_override = source_override
         self.force = force
+        self._batch = _Batch()
 
     def detect(self, path: Path) -> Connector:
         head = read_head(path)
@@ -151,11 +169,13 @@ class IngestPipeline:
                 if not path.exists():
                     self._problem(report, FileProblem(str(path), None, "no such file or directory"), on_problem)
                     report.failed_files += 1
+            self._batch = _Batch()
             for file, walked in expand_paths(p for p in paths if p.exists()):
                 size = file.stat().st_size
                 self._ingest_file(file, walked, size, ctx, report, on_problem)
                 if progress:
                     progress("file", size)
+            self._flush(ctx, report)
             status = "completed_with_errors" if report.failed_files or report.problems else "completed"
         finally:
             report.seconds = time.perf_counter() - started
@@ -213,9 +233,12 @@ class IngestPipeline:
             stats.files += 1
             stats.seconds += time.perf_counter() - started
             return
-        batch: list[RecordBase] = []
         n_records = 0
         seen: dict[str, str | None] = {}  # record id -> locator of its first occurrence in this file
+        batch = self._batch
+        if batch.connector not in (None, connector.name):
+            self._flush(ctx, report)  # a batch holds one connector's records, so stats stay exact
+        batch.connector = connector.name
         try:
             for item in connector.parse(path.resolve(), digest, ctx):
                 if not isinstance(item, RecordProblem) and item.id in seen:
@@ -228,32 +251,43 @@ class IngestPipeline:
                     self._problem(report, FileProblem(str(path), item.locator, item.reason), on_problem)
                     continue
                 seen[item.id] = item.provenance.locator
-                batch.append(item)
+                if item.id in batch.ids:  # same id from an earlier file: commit that one first
+                    self._flush(ctx, report)
+                    batch.connector = connector.name
+                batch.records.append(item)
+                batch.ids.add(item.id)
                 n_records += 1
-                if len(batch) >= self.batch_records:
-                    self._flush(batch, ctx, stats)
-                    batch = []
-            self._flush(batch, ctx, stats)
+                if len(batch.records) >= self.batch_records:
+                    self._flush(ctx, report)
+                    batch.connector = connector.name
         except IngestionError as exc:
             stats.errors += 1
             report.failed_files += 1
             reason = exc.reason
-            if n_records - len(batch) > 0:
-                reason += f" ({n_records - len(batch)} complete records before it were kept)"
+            if n_records:
+                reason += f" ({n_records} complete records before it were kept)"
             self._problem(report, FileProblem(str(path), exc.locator, reason), on_problem)
             stats.seconds += time.perf_counter() - started
             return
         stats.files += 1
         stats.records += n_records
-        self.store.mark_file(str(path.resolve()), digest, size, connector.name, ctx.run_id, n_records)
+        # the file is marked complete when the batch holding its last record commits
+        batch.files.append((str(path.resolve()), digest, size, n_records))
         stats.seconds += time.perf_counter() - started
 
-    def _flush(self, batch: list[RecordBase], ctx: IngestContext, stats: ConnectorStats) -> None:
-        if not batch:
-            return
-        result = self.store.write(batch, run_id=ctx.run_id)
-        stats.inserted += result.inserted
-        stats.updated += result.updated
-        stats.unchanged += result.unchanged
-        stats.chunks += result.chunks
-        stats.embedded += result.embedded
+    def _flush(self, ctx: IngestContext, report: IngestReport) -> None:
+        """Commit the open batch (one transaction), then mark the files it completes."""
+        batch = self._batch
+        if batch.records:
+            stats = report.stats[batch.connector or "?"]
+            started = time.perf_counter()
+            result = self.store.write(batch.records, run_id=ctx.run_id)
+            stats.inserted += result.inserted
+            stats.updated += result.updated
+            stats.unchanged += result.unchanged
+            stats.chunks += result.chunks
+            stats.embedded += result.embedded
+            stats.seconds += time.perf_counter() - started
+        for path, digest, size, n_records in batch.files:
+            self.store.mark_file(path, digest, size, batch.connector or "?", ctx.run_id, n_records)
+        batch.reset()
