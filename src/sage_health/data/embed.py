@@ -7,16 +7,18 @@ every embedder instance in the process.
 
 from __future__ import annotations
 
+import sqlite3
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
 
-from sage_health.core.errors import ConfigError, ModelError
+from sage_health.core.errors import ConfigError, ModelError, StoreError
+from sage_health.core.hashing import sha256_text
 
 Vectors = npt.NDArray[np.float32]
 Precision = Literal["auto", "fp32", "bf16"]
@@ -137,6 +139,166 @@ class MiniLMEmbedder:
         norms[norms == 0] = 1.0
         normalised: Vectors = (vectors / norms).astype(np.float32, copy=False)
         return normalised
+
+
+class CachedEmbedder:
+    """An :class:`Embedder` that keeps every vector it computes in a small SQLite file.
+
+    Vectors are stored by (cache key, sha256 of the text), where the cache key is the inner embedder's
+    ``model_id`` plus its ``precision`` when it has one (bf16 and fp32 vectors differ slightly), so a cache
+    file can be shared by several models and is never read for another one. ``embed`` looks every text up,
+    embeds only the missing distinct texts with the inner embedder (in one call, in their given order),
+    stores them, and returns the rows in the order of ``texts``. Opt-in: benchmarks and repeated
+    evaluations use it to make re-runs fast; nothing in the library wraps an embedder by default.
+    """
+
+    _SCHEMA = (
+        "CREATE TABLE IF NOT EXISTS embeddings ("
+        "model_key TEXT NOT NULL, text_sha256 TEXT NOT NULL, dim INTEGER NOT NULL, vec BLOB NOT NULL, "
+        "PRIMARY KEY (model_key, text_sha256)) WITHOUT ROWID"
+    )
+    _LOOKUP_BATCH = 500
+
+    def __init__(self, inner: Embedder, path: Path | str) -> None:
+        self.inner = inner
+        self.path = Path(path)
+        self.hits = 0
+        """Texts answered from the cache since construction."""
+        self.misses = 0
+        """Texts embedded by the inner embedder since construction (distinct texts per call)."""
+        self._conn: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def dim(self) -> int:
+        return self.inner.dim
+
+    @property
+    def model_id(self) -> str:
+        return self.inner.model_id
+
+    @property
+    def precision(self) -> str | None:
+        value = getattr(self.inner, "precision", None)
+        return str(value) if value is not None else None
+
+    @property
+    def model_key(self) -> str:
+        """What the cache is keyed by: ``model_id`` plus ``#precision`` where the embedder has one."""
+        return f"{self.model_id}#{self.precision}" if self.precision else self.model_id
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._conn is None:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
+                conn.execute(self._SCHEMA)
+            except (sqlite3.DatabaseError, OSError) as exc:
+                raise StoreError(
+                    f"{self.path}: cannot open the embedding cache: {exc}; delete the file to start a new one"
+                ) from exc
+            self._conn = conn
+        return self._conn
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def __enter__(self) -> CachedEmbedder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __len__(self) -> int:
+        """Vectors cached for this embedder's model key."""
+        with self._lock:
+            row = (
+                self._connect()
+                .execute("SELECT count(*) FROM embeddings WHERE model_key=?", (self.model_key,))
+                .fetchone()
+            )
+        return int(row[0])
+
+    def _lookup(self, conn: sqlite3.Connection, hashes: Sequence[str]) -> dict[str, bytes]:
+        found: dict[str, bytes] = {}
+        expected = self.dim * 4
+        for i in range(0, len(hashes), self._LOOKUP_BATCH):
+            part = hashes[i : i + self._LOOKUP_BATCH]
+            marks = ",".join("?" * len(part))
+            rows = conn.execute(
+                f"SELECT text_sha256, vec FROM embeddings WHERE model_key=? AND text_sha256 IN ({marks})",
+                (self.model_key, *part),
+            )
+            for digest, vec in rows:
+                if len(vec) == expected:  # a row of another dimension is treated as missing and replaced
+                    found[digest] = vec
+        return found
+
+    def put(self, items: Iterable[tuple[str, Vectors]]) -> int:
+        """Store (text sha256, vector) pairs computed elsewhere with the same model; returns how many."""
+        rows = [
+            (self.model_key, digest, self.dim, np.ascontiguousarray(vec, dtype=np.float32).tobytes())
+            for digest, vec in items
+        ]
+        for _, digest, _, blob in rows:
+            if len(blob) != self.dim * 4:
+                raise ModelError(f"vector for text {digest[:12]} has {len(blob) // 4} values, expected {self.dim}")
+        self._store(rows)
+        return len(rows)
+
+    def _store(self, rows: Sequence[tuple[str, str, int, bytes]]) -> None:
+        if not rows:
+            return
+        conn = self._connect()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.executemany(
+                    "INSERT OR REPLACE INTO embeddings(model_key, text_sha256, dim, vec) VALUES (?,?,?,?)", rows
+                )
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.path}: could not write to the embedding cache: {exc}") from exc
+
+    def embed(self, texts: Sequence[str]) -> Vectors:
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        hashes = [sha256_text(t) for t in texts]
+        with self._lock:
+            conn = self._connect()
+            try:
+                found = self._lookup(conn, list(dict.fromkeys(hashes)))
+            except sqlite3.DatabaseError as exc:
+                raise StoreError(f"{self.path}: could not read the embedding cache: {exc}") from exc
+            missing: dict[str, str] = {}
+            for digest, text in zip(hashes, texts, strict=True):
+                if digest not in found:
+                    missing.setdefault(digest, text)
+            if missing:
+                order = list(missing)
+                computed = self.inner.embed([missing[h] for h in order])
+                if computed.shape != (len(order), self.dim):
+                    raise ModelError(
+                        f"embedder {self.model_id} returned shape {computed.shape}, expected {(len(order), self.dim)}"
+                    )
+                rows = []
+                for digest, vec in zip(order, computed, strict=True):
+                    blob = np.ascontiguousarray(vec, dtype=np.float32).tobytes()
+                    found[digest] = blob
+                    rows.append((self.model_key, digest, self.dim, blob))
+                self._store(rows)
+            self.misses += len(missing)
+            self.hits += len(texts) - len(missing)
+        out: Vectors = np.frombuffer(b"".join(found[h] for h in hashes), dtype=np.float32).reshape(len(texts), self.dim)
+        return out.copy()
 
 
 def build_embedder(name: str, *, batch_size: int = 64, precision: Precision = "auto") -> Embedder:
