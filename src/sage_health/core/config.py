@@ -22,7 +22,7 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default_factory=_default_data_dir, description="Public data directory.")
     max_file_mb: float = Field(default=256.0, gt=0, description="Files larger than this are rejected.")
     batch_records: int = Field(default=256, ge=1, description="Records per atomic write batch.")
-    embed_batch_size: int = Field(default=64, ge=1, description="Texts per embedder forward pass.")
+    embed_batch_size: int = Field(default=32, ge=1, description="Texts per embedder forward pass.")
     chunk_words: int = Field(default=160, ge=16, description="Maximum words per chunk (~256 wordpieces).")
     chunk_overlap_words: int = Field(default=24, ge=0, description="Words of overlap between chunks.")
     embedder: str = Field(default="minilm", description="Embedder backend name (built-ins: minilm).")

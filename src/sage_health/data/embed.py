@@ -7,6 +7,8 @@ every embedder instance in the process.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import sqlite3
 import sys
 import threading
@@ -44,6 +46,25 @@ class Embedder(Protocol):
 
 
 _MODEL_LOCK = threading.Lock()
+_LIBC: list[Any] = []
+
+
+def _release_freed_memory() -> None:
+    """Return freed heap pages to the OS after a batch (glibc ``malloc_trim``; a no-op elsewhere).
+
+    Activation buffers of each forward pass are freed but glibc keeps the pages, so a long ingest's RSS
+    would otherwise grow to several GB (measured: 4.2 GB peak for the shared data at batch 64, no trim).
+    """
+    if not _LIBC:
+        try:
+            _LIBC.append(ctypes.CDLL("libc.so.6"))
+        except OSError:
+            _LIBC.append(None)
+    libc = _LIBC[0]
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
+
+
 _MODELS: dict[str, Any] = {}
 
 
@@ -65,7 +86,7 @@ class MiniLMEmbedder:
 
     MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 
-    def __init__(self, batch_size: int = 64, precision: Precision = "auto") -> None:
+    def __init__(self, batch_size: int = 32, precision: Precision = "auto") -> None:
         self._batch_size = batch_size
         if precision == "auto":
             precision = "bf16" if cpu_supports_bf16() else "fp32"
@@ -82,6 +103,10 @@ class MiniLMEmbedder:
     @property
     def precision(self) -> str:
         return self._precision
+
+    @property
+    def batch_size(self) -> int:
+        return self._batch_size
 
     def _model(self) -> Any:
         with _MODEL_LOCK:
@@ -115,24 +140,18 @@ class MiniLMEmbedder:
         import torch
 
         # sentence-transformers sorts by length inside encode(); we pass large slices so it can.
-        with torch.inference_mode():
-            if self._precision == "bf16":
-                with torch.autocast("cpu", dtype=torch.bfloat16):
-                    out = model.encode(
-                        list(texts),
-                        batch_size=self._batch_size,
-                        normalize_embeddings=True,
-                        convert_to_numpy=True,
-                        show_progress_bar=False,
-                    )
-            else:
-                out = model.encode(
-                    list(texts),
-                    batch_size=self._batch_size,
-                    normalize_embeddings=True,
-                    convert_to_numpy=True,
-                    show_progress_bar=False,
-                )
+        autocast = (
+            torch.autocast("cpu", dtype=torch.bfloat16) if self._precision == "bf16" else contextlib.nullcontext()
+        )
+        with torch.inference_mode(), autocast:
+            out = model.encode(
+                list(texts),
+                batch_size=self._batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
+        _release_freed_memory()
         vectors = np.asarray(out, dtype=np.float32)
         # re-normalise in fp32 (bf16 rounding leaves norms at 1 +- 1e-3)
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
@@ -301,7 +320,7 @@ class CachedEmbedder:
         return out.copy()
 
 
-def build_embedder(name: str, *, batch_size: int = 64, precision: Precision = "auto") -> Embedder:
+def build_embedder(name: str, *, batch_size: int = 32, precision: Precision = "auto") -> Embedder:
     """The one place built-in embedders are registered."""
     if name == "minilm":
         return MiniLMEmbedder(batch_size=batch_size, precision=precision)
