@@ -31,6 +31,7 @@ from rich.table import Table
 from sage_health import __version__
 from sage_health.core.config import Settings
 from sage_health.core.errors import SageError
+from sage_health.data.chunking import Chunker
 from sage_health.data.embed import build_embedder
 from sage_health.data.ingest.pipeline import FileProblem, IngestPipeline, IngestReport, expand_paths
 from sage_health.data.retrieval import patient_context
@@ -69,8 +70,6 @@ def _open_store(settings: Settings, *, must_exist: bool = True) -> SqliteDocumen
     embedder = build_embedder(
         settings.embedder, batch_size=settings.embed_batch_size, precision=settings.embed_precision
     )
-    from sage_health.data.chunking import Chunker
-
     chunker = Chunker(settings.chunk_words, settings.chunk_overlap_words)
     return SqliteDocumentStore(settings.db_path, embedder, chunker, rrf_k=settings.rrf_k)
 
