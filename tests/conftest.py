@@ -6,6 +6,9 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+# Before torch loads: passive OpenMP waits (spinning threads slow torch 5-10x on shared cores).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import pytest
 
 from sage_health.data.embed import MiniLMEmbedder
@@ -34,3 +37,17 @@ def store(tmp_path: Path, embedder: MiniLMEmbedder) -> Iterator[SqliteDocumentSt
     """A fresh real SQLite store in a temp dir."""
     with SqliteDocumentStore(tmp_path / "store" / "sage.db", embedder) as s:
         yield s
+
+
+@pytest.fixture(scope="session")
+def tiny_lm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny randomly initialised LLaMA + locally trained tokenizer, saved once per session."""
+    from sage_health.testing.tiny_lm import build_tiny_causal_lm
+
+    return build_tiny_causal_lm(tmp_path_factory.mktemp("tiny-lm"))
+
+
+@pytest.fixture(scope="session")
+def smollm2_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the de-quantised SmolLM2 weights are cached for this test session."""
+    return tmp_path_factory.mktemp("models")

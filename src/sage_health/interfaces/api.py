@@ -1,0 +1,254 @@
+"""The REST API (FastAPI): OpenAI-compatible ``/v1`` endpoints over the model registry, plus health.
+
+- ``GET /v1/models`` — the registered model versions (OpenAI list shape; ids are ``name@version``; a bare
+  ``name`` in a request means its production version, else its newest).
+- ``POST /v1/chat/completions`` — non-streaming, or server-sent events with ``"stream": true``.
+- ``GET /healthz`` — liveness.
+
+Settings come from the ``get_settings`` dependency (tests override it). Every error — ours, a request that
+fails validation, an unknown route — has one JSON shape, compatible with OpenAI clients::
+
+    {"error": {"type": "<ErrorClass>", "message": "...", "code": <http status>}}
+
+Authentication: when ``SAGE_API_KEY`` is set, requests must send ``Authorization: Bearer <key>``.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+import uuid
+from collections.abc import Iterator
+from functools import lru_cache
+from typing import Annotated, Any, Literal
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from sage_health import __version__
+from sage_health.core.config import Settings
+from sage_health.core.errors import (
+    ConfigError,
+    ContextOverflowError,
+    EndpointError,
+    GenerationTimeoutError,
+    ModelLoadError,
+    PolicyViolation,
+    RecordNotFoundError,
+    RegistryError,
+    RetrievalError,
+    SageError,
+    ValidationError,
+)
+from sage_health.models.catalog import GeneratorPool
+from sage_health.models.generation.base import ChatMessage, GenerationParams
+from sage_health.models.registry import ModelRegistry
+
+# One place that maps error classes to HTTP status codes (most specific first).
+ERROR_STATUS: tuple[tuple[type[SageError], int], ...] = (
+    (RecordNotFoundError, 404),
+    (PolicyViolation, 403),
+    (ValidationError, 422),
+    (ContextOverflowError, 400),
+    (RetrievalError, 400),
+    (ConfigError, 400),
+    (GenerationTimeoutError, 504),
+    (EndpointError, 502),
+    (ModelLoadError, 503),
+)
+
+
+def status_for(exc: SageError) -> int:
+    if isinstance(exc, RegistryError):
+        return 404 if str(exc).startswith("unknown model") else 409
+    for cls, status in ERROR_STATUS:
+        if isinstance(exc, cls):
+            return status
+    return 500
+
+
+def error_body(kind: str, message: str, status: int) -> dict[str, Any]:
+    return {"error": {"type": kind, "message": message, "code": status}}
+
+
+@lru_cache(maxsize=1)
+def _default_settings() -> Settings:
+    return Settings()
+
+
+def get_settings() -> Settings:
+    """The settings dependency (overridden in tests with ``app.dependency_overrides``)."""
+    return _default_settings()
+
+
+class ChatMessageIn(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "user", "assistant", "developer"]
+    content: str | list[dict[str, Any]]
+
+    def to_message(self) -> ChatMessage:
+        content = self.content
+        if isinstance(content, list):  # OpenAI content parts: keep the text parts
+            content = "".join(str(p.get("text", "")) for p in content if p.get("type") == "text")
+        role = "system" if self.role == "developer" else self.role
+        return ChatMessage(role=role, content=content)
+
+
+class ChatCompletionRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: str
+    messages: list[ChatMessageIn] = Field(min_length=1)
+    max_tokens: int | None = Field(default=None, ge=1, le=8192)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=8192)
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    stream: bool = False
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    n: int = Field(default=1, ge=1, le=1)
+
+    def params(self, default_max: int) -> GenerationParams:
+        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+        return GenerationParams(
+            max_new_tokens=self.max_completion_tokens or self.max_tokens or default_max,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            seed=self.seed,
+            stop=stop,
+        )
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def authorize(request: Request, s: SettingsDep) -> None:
+    """Bearer-token check when ``SAGE_API_KEY`` is set (constant-time comparison)."""
+    if s.api_key is None:
+        return
+    header = request.headers.get("authorization", "")
+    token = header[7:] if header.lower().startswith("bearer ") else ""
+    if not secrets.compare_digest(token.encode(), s.api_key.get_secret_value().encode()):
+        raise PolicyViolation("missing or wrong API key: send `Authorization: Bearer <SAGE_API_KEY>`")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The API application. ``settings`` pre-binds the settings dependency (used by ``sage-health serve``)."""
+    app = FastAPI(
+        title="SAGE-Health API",
+        version=__version__,
+        description="OpenAI-compatible chat completions over the SAGE-Health model registry.",
+    )
+    if settings is not None:
+        app.dependency_overrides[get_settings] = lambda: settings
+    pools: dict[str, GeneratorPool] = {}
+
+    def pool(s: Settings) -> GeneratorPool:
+        key = str(s.db_path.resolve())
+        if key not in pools:
+            pools[key] = GeneratorPool(s, ModelRegistry(s.db_path))
+        return pools[key]
+
+    @app.exception_handler(SageError)
+    async def sage_error(_: Request, exc: SageError) -> JSONResponse:
+        status = status_for(exc)
+        return JSONResponse(error_body(type(exc).__name__, str(exc), status), status_code=status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', 'invalid')}" for e in exc.errors()[:5]
+        )
+        return JSONResponse(error_body("InvalidRequest", problems, 422), status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse(error_body("HTTPError", str(exc.detail), exc.status_code), status_code=exc.status_code)
+
+    @app.get("/healthz", tags=["health"])
+    def healthz() -> dict[str, str]:
+        return {"status": "ok", "version": __version__}
+
+    @app.get("/v1/models", tags=["openai"], dependencies=[Depends(authorize)])
+    def list_models(s: SettingsDep) -> dict[str, Any]:
+        reg = pool(s).registry
+        for name in ("smollm2", "extractive"):
+            pool(s).get(name)  # registers the built-in base models (no weights are loaded here)
+        data = []
+        for mv in reg.list_versions():
+            created = int(time.mktime(time.strptime(mv.created_at[:19], "%Y-%m-%dT%H:%M:%S")))
+            data.append(
+                {
+                    "id": mv.ref,
+                    "object": "model",
+                    "created": created,
+                    "owned_by": "sage-health",
+                    "stage": mv.stage,
+                    "backend": mv.backend,
+                    "dataset_snapshot_id": mv.dataset_snapshot_id,
+                }
+            )
+        return {"object": "list", "data": data}
+
+    @app.post("/v1/chat/completions", tags=["openai"], dependencies=[Depends(authorize)], response_model=None)
+    def chat_completions(body: ChatCompletionRequest, s: SettingsDep) -> dict[str, Any] | StreamingResponse:
+        model, gen = pool(s).get(body.model)
+        messages = [m.to_message() for m in body.messages]
+        params = body.params(s.max_new_tokens)
+        completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        created = int(time.time())
+        if body.stream:
+            pieces = gen.stream(messages, params)
+            first = next(pieces, None)  # fail before the 200 header when the request itself is bad
+
+            def events() -> Iterator[str]:
+                def chunk(delta: dict[str, str], finish: str | None) -> str:
+                    payload = {
+                        "id": completion_id,
+                        "object": "chat.completion.chunk",
+                        "created": created,
+                        "model": model.ref,
+                        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+                    }
+                    return f"data: {json.dumps(payload)}\n\n"
+
+                yield chunk({"role": "assistant", "content": ""}, None)
+                try:
+                    if first is not None:
+                        yield chunk({"content": first}, None)
+                    for piece in pieces:
+                        yield chunk({"content": piece}, None)
+                except SageError as exc:
+                    yield f"data: {json.dumps(error_body(type(exc).__name__, str(exc), status_for(exc)))}\n\n"
+                    return
+                yield chunk({}, "stop")
+                yield "data: [DONE]\n\n"
+
+            return StreamingResponse(events(), media_type="text/event-stream")
+        out = gen.generate(messages, params)
+        return {
+            "id": completion_id,
+            "object": "chat.completion",
+            "created": created,
+            "model": model.ref,
+            "system_fingerprint": f"{out.model_id}@{out.model_version}",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": out.text},
+                    "finish_reason": out.finish_reason,
+                }
+            ],
+            "usage": {
+                "prompt_tokens": out.prompt_tokens,
+                "completion_tokens": out.completion_tokens,
+                "total_tokens": out.prompt_tokens + out.completion_tokens,
+            },
+        }
+
+    return app

@@ -1,0 +1,296 @@
+"""``sage-health`` evaluation commands: ``eval report|qa|labeler|split-iu`` and ``label``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from sage_health.core.config import Settings
+from sage_health.core.errors import EvaluationError
+from sage_health.data.embed import build_embedder
+from sage_health.interfaces.cli_util import JsonOpt, StoreOpt, echo_json, err, out, run_command, settings_for
+from sage_health.models.catalog import GeneratorPool
+from sage_health.models.evaluation.harness import (
+    EvalOutcome,
+    run_qa_eval,
+    run_report_eval,
+    write_r2gen_splits,
+)
+from sage_health.models.evaluation.labeler import OBSERVATIONS, CheXpertLabeler
+from sage_health.models.registry import ModelRegistry
+
+ModelOpt = Annotated[str, typer.Option("--model", help="NAME[@VERSION] from the registry, or a built-in backend.")]
+LimitOpt = Annotated[int | None, typer.Option("--limit", min=1, help="Evaluate a seeded sample of N test items.")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Sampling seed (recorded with the run).")]
+OutOpt = Annotated[Path | None, typer.Option("--out", help="Report folder (default <store>/evals).")]
+DropLeaksOpt = Annotated[
+    bool, typer.Option("--drop-leaks", help="Evaluate without test items that also occur in the train file.")
+]
+LabelerDirOpt = Annotated[
+    Path | None, typer.Option("--labeler-dir", help="CheXpert labeler folder (default SAGE_DATA_DIR/chexpert_labeler).")
+]
+
+
+def _labeler(settings: Settings, labeler_dir: Path | None) -> CheXpertLabeler:
+    return CheXpertLabeler.from_dir(labeler_dir or settings.data_dir / "chexpert_labeler")
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+    )
+
+
+def _summary(outcome: EvalOutcome) -> dict[str, Any]:
+    run = outcome.run
+    return {
+        "run_id": run.run_id,
+        "model": run.model_label,
+        "eval_set": outcome.eval_set,
+        "task": run.task,
+        "seed": run.seed,
+        "config": run.config,
+        "metrics": run.metrics,
+        "report": {
+            "json": str(outcome.files.json_path),
+            "markdown": str(outcome.files.markdown_path),
+            "html": str(outcome.files.html_path),
+        },
+    }
+
+
+def _print_summary(outcome: EvalOutcome, keys: list[tuple[str, str]]) -> None:
+    table = Table(title=f"{outcome.run.task} · {outcome.run.model_label} · {outcome.eval_set}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for section, key in keys:
+        block = outcome.run.metrics.get(section)
+        if isinstance(block, dict) and key in block:
+            value = block[key]
+            table.add_row(f"{section}.{key}", f"{value:.4f}" if isinstance(value, float) else str(value))
+    out.print(table)
+    out.print(f"report: {outcome.files.html_path}")
+
+
+def eval_report(
+    train: Annotated[Path, typer.Option("--train", help="reports.jsonl-format file: exemplar memory only.")],
+    test: Annotated[Path, typer.Option("--test", help="reports.jsonl-format file to evaluate on.")],
+    model: ModelOpt,
+    task: Annotated[str, typer.Option("--task", help="impression (from findings) or findings.")] = "impression",
+    limit: LimitOpt = None,
+    seed: SeedOpt = 13,
+    exemplars: Annotated[
+        int | None, typer.Option("--exemplars", min=0, help="Override the model's in-context exemplar count.")
+    ] = None,
+    labeler_dir: LabelerDirOpt = None,
+    drop_leaks: DropLeaksOpt = False,
+    out_dir: OutOpt = None,
+    store: StoreOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Report generation: BLEU-1..4, ROUGE-L, distinct-output ratio and CheXpert CE metrics vs the references."""
+
+    def body() -> None:
+        settings = settings_for(store)
+        registry = ModelRegistry(settings.db_path)
+        mv, gen = GeneratorPool(settings, registry).get(model)
+        embedder = build_embedder(settings.embedder, batch_size=settings.embed_batch_size)
+        with _progress() as bar:
+            job = bar.add_task(f"{mv.ref} {task}", total=None)
+            outcome = run_report_eval(
+                train_file=train,
+                test_file=test,
+                task=task,
+                model=mv,
+                generator=gen,
+                registry=registry,
+                labeler=_labeler(settings, labeler_dir),
+                embedder=embedder,
+                out_dir=out_dir or settings.store / "evals",
+                limit=limit,
+                seed=seed,
+                exemplars=exemplars,
+                drop_leaks=drop_leaks,
+                progress=lambda done, total: bar.update(job, completed=done, total=total),
+            )
+        if as_json:
+            echo_json(_summary(outcome))
+            return
+        _print_summary(
+            outcome,
+            [("text", k) for k in ("bleu_1", "bleu_4", "rouge_l", "distinct_output_ratio")]
+            + [("ce", k) for k in ("micro_f1", "macro_f1", "common_micro_f1", "common_macro_f1")]
+            + [("run", k) for k in ("n_items", "generation_failures", "leaked_test_items_dropped")],
+        )
+
+    run_command(body)
+
+
+def eval_qa(
+    file: Annotated[Path, typer.Option("--file", help="The test file (PubMedQA ori_pqal_*.json or MIRAGE json).")],
+    fmt: Annotated[Literal["pubmedqa", "mirage"], typer.Option("--format", help="pubmedqa or mirage.")],
+    model: ModelOpt,
+    retrieval: Annotated[
+        Literal["on", "off"], typer.Option("--retrieval", help="PubMedQA: quote the item's abstract as evidence.")
+    ] = "off",
+    train: Annotated[
+        Path | None, typer.Option("--train", help="Same-format file for the majority-class baseline.")
+    ] = None,
+    limit: LimitOpt = None,
+    seed: SeedOpt = 13,
+    drop_leaks: DropLeaksOpt = False,
+    out_dir: OutOpt = None,
+    store: StoreOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Multiple-choice / yes-no-maybe QA: accuracy and macro-F1 beside majority and random baselines."""
+
+    def body() -> None:
+        settings = settings_for(store)
+        registry = ModelRegistry(settings.db_path)
+        mv, gen = GeneratorPool(settings, registry).get(model)
+        with _progress() as bar:
+            job = bar.add_task(f"{mv.ref} {fmt}", total=None)
+            outcome = run_qa_eval(
+                test_file=file,
+                fmt=fmt,
+                model=mv,
+                generator=gen,
+                registry=registry,
+                out_dir=out_dir or settings.store / "evals",
+                retrieval=retrieval == "on",
+                train_file=train,
+                limit=limit,
+                seed=seed,
+                drop_leaks=drop_leaks,
+                progress=lambda done, total: bar.update(job, completed=done, total=total),
+            )
+        if as_json:
+            echo_json(_summary(outcome))
+            return
+        _print_summary(
+            outcome,
+            [("qa", k) for k in ("accuracy", "macro_f1", "invalid_predictions", "n_items")]
+            + [("qa_baselines", k) for k in ("majority_accuracy", "random_accuracy")],
+        )
+
+    run_command(body)
+
+
+def eval_labeler(
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Public data (default SAGE_DATA_DIR).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Validate the CheXpert-style labeler: vs the CheXpert labeler's own outputs and vs IU X-ray MeSH terms."""
+
+    def body() -> None:
+        from sage_health.models.evaluation.labeler_validation import (
+            validate_against_iu_mesh,
+            validate_against_labeled_reports,
+        )
+
+        settings = settings_for(None)
+        root = data_dir or settings.data_dir
+        labeler = CheXpertLabeler.from_dir(root / "chexpert_labeler")
+        chexpert = validate_against_labeled_reports(labeler, root / "chexpert_labeler")
+        mesh = validate_against_iu_mesh(labeler, root)
+        payload = {
+            "chexpert_labeled_reports": chexpert.model_dump(mode="json"),
+            "iu_mesh": mesh.model_dump(mode="json"),
+        }
+        if as_json:
+            echo_json(payload)
+            return
+        table = Table(title=f"labeler vs IU X-ray MeSH ({mesh.n_reports} reports)")
+        for col in ("observation", "support", "precision", "recall", "F1", "TP", "FP", "FN"):
+            table.add_column(col, justify="right" if col != "observation" else "left")
+        for m in mesh.per_observation:
+            table.add_row(
+                m.observation,
+                str(m.tp + m.fn),
+                f"{m.precision:.3f}",
+                f"{m.recall:.3f}",
+                f"{m.f1:.3f}",
+                str(m.tp),
+                str(m.fp),
+                str(m.fn),
+            )
+        out.print(table)
+
+    run_command(body)
+
+
+def split_iu(
+    reports: Annotated[Path, typer.Option("--reports", help="IU X-ray reports.jsonl.")],
+    annotation: Annotated[Path, typer.Option("--annotation", help="R2Gen annotation.json with the split ids.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for <split>.jsonl files.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Write the R2Gen train/val splits of a reports.jsonl file (lines copied byte for byte)."""
+
+    def body() -> None:
+        paths = write_r2gen_splits(reports, annotation, out_dir)
+        counts = {split: sum(1 for _ in p.open(encoding="utf-8")) for split, p in paths.items()}
+        if as_json:
+            echo_json({split: {"path": str(p), "studies": counts[split]} for split, p in paths.items()})
+        else:
+            for split, p in paths.items():
+                out.print(f"{split}: {counts[split]} studies -> {p}")
+
+    run_command(body)
+
+
+def label(
+    text: Annotated[str | None, typer.Argument(help="Report text (or use --file).")] = None,
+    file: Annotated[Path | None, typer.Option("--file", help="A text file holding one report.")] = None,
+    labeler_dir: LabelerDirOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Label a report with the 14 CheXpert observations (positive / negative / uncertain / blank)."""
+
+    def body() -> None:
+        if (text is None) == (file is None):
+            raise EvaluationError("give the report either as TEXT or with --file, not both")
+        report = text if text is not None else _read(file)
+        result = _labeler(settings_for(None), labeler_dir).label(report)
+        labels = {obs: result.labels[obs].value for obs in OBSERVATIONS}
+        evidence = {obs: ev.explain() for obs, ev in result.evidence.items()}
+        if as_json:
+            echo_json({"labels": labels, "evidence": evidence})
+            return
+        table = Table(title="CheXpert observations")
+        table.add_column("observation")
+        table.add_column("label")
+        table.add_column("evidence")
+        for obs in OBSERVATIONS:
+            table.add_row(obs, labels[obs], evidence.get(obs, ""))
+        out.print(table)
+
+    run_command(body)
+
+
+def _read(path: Path | None) -> str:
+    if path is None:
+        raise EvaluationError("no --file given")
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise EvaluationError(f"{path}: cannot read as UTF-8 text ({type(exc).__name__})") from exc
+
+
+def register(app: typer.Typer, eval_app: typer.Typer) -> None:
+    eval_app.command("report")(eval_report)
+    eval_app.command("qa")(eval_qa)
+    eval_app.command("labeler")(eval_labeler)
+    eval_app.command("split-iu")(split_iu)
+    app.command("label")(label)

@@ -1,0 +1,222 @@
+"""``sage-health`` commands of the model layer: ``models ...``, ``generate``, ``serve``."""
+
+from __future__ import annotations
+
+import getpass
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from sage_health.core.errors import SageError
+from sage_health.interfaces.cli_util import JsonOpt, StoreOpt, echo_json, err, out, run_command, settings_for
+from sage_health.models.catalog import BUILTIN_MODELS, GeneratorPool, resolve_model
+from sage_health.models.generation.base import ChatMessage, GenerationParams
+from sage_health.models.registry import ModelRegistry, ModelVersion
+
+models_app = typer.Typer(help="The model registry: versions, lineage, evaluations, stages.", no_args_is_help=True)
+
+ActorOpt = Annotated[str | None, typer.Option("--by", help="Who does this (default: the OS user).")]
+ReasonOpt = Annotated[str | None, typer.Option("--reason", help="Why (kept in the model's event log).")]
+
+
+def _actor(by: str | None) -> str:
+    if by:
+        return by
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return os.environ.get("USER", "unknown")
+
+
+def _registry(store: Path | None) -> ModelRegistry:
+    return ModelRegistry(settings_for(store).db_path)
+
+
+def _version_json(mv: ModelVersion) -> dict[str, Any]:
+    return mv.model_dump(mode="json") | {"ref": mv.ref}
+
+
+@models_app.command("list")
+def models_list(
+    name: Annotated[str | None, typer.Argument(help="Only versions of this model.")] = None,
+    store: StoreOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Registered model versions (built-in base models are registered on first use)."""
+
+    def body() -> None:
+        reg = _registry(store)
+        for builtin in ("smollm2", "extractive"):
+            resolve_model(reg, builtin)
+        versions = reg.list_versions(name)
+        if as_json:
+            echo_json([_version_json(v) for v in versions])
+            return
+        table = Table(title="models")
+        for col in ("model", "stage", "backend", "snapshot", "evaluations", "created"):
+            table.add_column(col)
+        for v in versions:
+            evals = ", ".join(sorted({e.eval_set for e in v.evaluations})) or "-"
+            table.add_row(v.ref, v.stage, v.backend, v.dataset_snapshot_id or "-", evals, v.created_at)
+        out.print(table)
+
+    run_command(body)
+
+
+@models_app.command("show")
+def models_show(
+    ref: Annotated[str, typer.Argument(help="NAME or NAME@VERSION.")],
+    store: StoreOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """One model version: lineage, config, metrics per evaluation set, stage history."""
+
+    def body() -> None:
+        reg = _registry(store)
+        mv = resolve_model(reg, ref)
+        payload = _version_json(mv) | {"events": [e.model_dump() for e in reg.events(mv.name)]}
+        if as_json:
+            echo_json(payload)
+            return
+        out.print_json(data=payload)
+
+    run_command(body)
+
+
+@models_app.command("register")
+def models_register(
+    name: Annotated[str, typer.Argument(help="Model name (e.g. cxr-impression).")],
+    backend: Annotated[str, typer.Option("--backend", help="Generator backend (smollm2, openai, llamacpp, ...).")],
+    version: Annotated[str | None, typer.Option("--version", help="Default: the next integer.")] = None,
+    adapter: Annotated[Path | None, typer.Option("--adapter", help="LoRA adapter folder.")] = None,
+    snapshot: Annotated[str | None, typer.Option("--snapshot", help="Training dataset snapshot id.")] = None,
+    exemplars: Annotated[int, typer.Option("--exemplars", min=0, help="In-context exemplars per input.")] = 0,
+    description: Annotated[str | None, typer.Option("--description")] = None,
+    by: ActorOpt = None,
+    store: StoreOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Register a new candidate version."""
+
+    def body() -> None:
+        base = BUILTIN_MODELS.get(backend)
+        mv = _registry(store).register(
+            name,
+            backend=backend,
+            version=version,
+            base_model=base.base_model if base else None,
+            adapter_path=adapter,
+            dataset_snapshot_id=snapshot,
+            config={"exemplars": exemplars},
+            description=description,
+            actor=_actor(by),
+        )
+        if as_json:
+            echo_json(_version_json(mv))
+        else:
+            out.print(f"registered {mv.ref} ({mv.stage})")
+
+    run_command(body)
+
+
+@models_app.command("promote")
+def models_promote(
+    ref: Annotated[str, typer.Argument(help="NAME@VERSION to put in production.")],
+    by: ActorOpt = None,
+    reason: ReasonOpt = None,
+    store: StoreOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Promote a version to production (refused without an evaluation on production's evaluation sets)."""
+
+    def body() -> None:
+        reg = _registry(store)
+        mv = resolve_model(reg, ref)
+        promoted = reg.promote(mv.name, mv.version, actor=_actor(by), reason=reason)
+        if as_json:
+            echo_json(_version_json(promoted))
+        else:
+            out.print(f"{promoted.ref} is now production (by {promoted.promoted_by})")
+
+    run_command(body)
+
+
+@models_app.command("rollback")
+def models_rollback(
+    name: Annotated[str, typer.Argument(help="Model name.")],
+    by: ActorOpt = None,
+    reason: ReasonOpt = None,
+    store: StoreOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Restore the previous production version (the current one is archived)."""
+
+    def body() -> None:
+        restored = _registry(store).rollback(name, actor=_actor(by), reason=reason)
+        if as_json:
+            echo_json(_version_json(restored))
+        else:
+            out.print(f"{restored.ref} is production again")
+
+    run_command(body)
+
+
+def generate(
+    prompt: Annotated[str, typer.Argument(help="The user message.")],
+    model: Annotated[str, typer.Option("--model", help="NAME[@VERSION] or a built-in backend.")] = "smollm2",
+    system: Annotated[str | None, typer.Option("--system", help="A system message.")] = None,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", min=1, max=8192)] = 128,
+    temperature: Annotated[float, typer.Option("--temperature", min=0.0, max=2.0)] = 0.0,
+    store: StoreOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Generate one answer with a registered model (greedy by default)."""
+
+    def body() -> None:
+        settings = settings_for(store)
+        _mv, gen = GeneratorPool(settings, ModelRegistry(settings.db_path)).get(model)
+        messages = [ChatMessage(role="system", content=system)] if system else []
+        messages.append(ChatMessage(role="user", content=prompt))
+        result = gen.generate(messages, GenerationParams(max_new_tokens=max_tokens, temperature=temperature))
+        if as_json:
+            echo_json(result.model_dump())
+        else:
+            out.print(result.text, highlight=False, markup=False)
+            err.print(
+                f"[dim]{result.model_id}@{result.model_version} · {result.completion_tokens} tokens · "
+                f"{result.latency_s:.2f}s · {result.finish_reason}[/]"
+            )
+
+    run_command(body)
+
+
+def serve(
+    host: Annotated[str, typer.Option("--host", help="Bind address.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=1, max=65535)] = 8000,
+    store: StoreOpt = None,
+) -> None:
+    """Serve the REST API with OpenAI-compatible /v1/models and /v1/chat/completions (OpenAPI at /docs)."""
+
+    def body() -> None:
+        try:
+            import uvicorn
+        except ImportError as exc:
+            raise SageError("uvicorn is not installed: run `make install`") from exc
+        from sage_health.interfaces.api import create_app
+
+        settings = settings_for(store)
+        if host not in ("127.0.0.1", "localhost", "::1") and settings.api_key is None:
+            err.print("[yellow]warning:[/] serving beyond localhost without SAGE_API_KEY: anyone can call the API")
+        uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+
+    run_command(body)
+
+
+def register(app: typer.Typer) -> None:
+    """Attach the model-layer commands to the main CLI."""
+    app.add_typer(models_app, name="models")
+    app.command("generate")(generate)
+    app.command("serve")(serve)

@@ -1,0 +1,1 @@
+"""Evaluation harness: report-generation and QA metrics, the CheXpert labeler, run reports."""
