@@ -29,28 +29,31 @@ $(STAMP): $(BIN)/python pyproject.toml requirements-pins.txt
 
 install: $(STAMP)
 
+# The benchmarks compare against peers: LlamaIndex (ingest), bm25s (retrieval), llama.cpp (generators).
 $(BENCH_STAMP): $(STAMP)
-	$(BIN)/python -m pip install -q -c requirements-pins.txt torch==2.13.0 -e '.[dev,bench]'
+	CMAKE_ARGS="$(LLAMACPP_CMAKE_ARGS)" \
+		$(BIN)/python -m pip install -q -c requirements-pins.txt torch==2.13.0 -e '.[dev,bench,llamacpp]'
 	touch $(BENCH_STAMP)
 
 # Optional llama.cpp backend. llama-cpp-python compiles from source (~5 min); the native build segfaults on CPUs
 # with AMX, so AMX is switched off and AVX2 used.
+LLAMACPP_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
 llamacpp: install
-	CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF" \
+	CMAKE_ARGS="$(LLAMACPP_CMAKE_ARGS)" \
 		$(BIN)/python -m pip install -q -c requirements-pins.txt torch==2.13.0 -e '.[dev,llamacpp]'
 
 demo: install
 	$(BIN)/sage-health demo
 
 lint: install
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks docs
+	$(BIN)/ruff format --check src tests benchmarks docs
 
 typecheck: install
 	$(BIN)/mypy
 
 test: install
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks docs
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q

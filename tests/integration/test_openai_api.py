@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -199,3 +202,22 @@ def test_openai_backend_timeout_and_unreachable_endpoint() -> None:
     with pytest.raises(EndpointError, match="cannot reach") as info:
         dead.generate(msgs)
     assert info.value.status == 0
+
+
+def test_docs_example_runs_against_our_server(base_url: str, tiny_lm_dir: Path) -> None:
+    example = Path(__file__).resolve().parents[2] / "docs" / "examples" / "openai_client.py"
+    env = os.environ | {"SAGE_API_KEY": "test-key"}
+    args = [sys.executable, str(example), "--base-url", f"{base_url}/v1", "--model", "tiny@1", "--max-tokens", "8"]
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    lines = dict(line.split(": ", 1) for line in done.stdout.splitlines() if ": " in line)
+    assert "tiny@1" in lines["models"]
+    expected = TransformersGenerator(model_id="tiny", version="1", path=tiny_lm_dir).generate(
+        [
+            ChatMessage(role="system", content="You are a radiologist. Answer in one sentence."),
+            ChatMessage(role="user", content="Findings: The heart is normal in size. The lungs are clear. Impression?"),
+        ],
+        GenerationParams(max_new_tokens=8),
+    )
+    assert lines["answer"].strip() == expected.text
+    assert lines["streamed"].strip() == expected.text
