@@ -30,6 +30,15 @@ class Settings(BaseSettings):
         default="auto", description="auto = bf16 autocast where the CPU has native bf16, else fp32."
     )
     rrf_k: int = Field(default=60, ge=1, description="Reciprocal-rank-fusion constant.")
+    bm25_index: Literal["auto", "memory", "fts5"] = Field(
+        default="auto",
+        description="Keyword retrieval engine: memory (in-memory BM25 index, built at the first keyword search; "
+        "fast queries), fts5 (SQLite FTS5 directly; no build), auto = fts5 for one-shot CLI commands, memory for "
+        "long-running processes.",
+    )
+    dense_precision: Literal["auto", "fp32", "bf16"] = Field(
+        default="auto", description="Dense first-pass precision (bf16 + exact fp32 re-scoring on bf16 CPUs)."
+    )
     # --- generators (issue 3) ---
     generator: str = Field(default="smollm2", description="Default generator backend or registered model name.")
     max_new_tokens: int = Field(default=256, ge=1, le=8192, description="Default generation budget.")

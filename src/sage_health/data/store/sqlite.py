@@ -9,11 +9,23 @@ Design notes
 * Idempotency by content hash: a record whose current version has the same hash is skipped before any
   embedding work; a changed record gets version n+1, the old version stays with its provenance, and only
   the current version keeps chunks (so only it is searchable).
-* Filters are SQL predicates on denormalised chunk columns, applied inside the FTS5 query and used to
-  select the candidate rows of the dense matrix: never a post-filter of a global top-k.
+* Filters are SQL predicates on denormalised chunk columns. They select the candidate rows of both
+  in-memory retrievers (cached per filter until the next write) or go inside the FTS5 query: never a
+  post-filter of a global top-k.
+* Keyword search: FTS5 (external content, maintained by triggers) is the persisted source of truth and is
+  what ``check()`` verifies; queries are answered by an in-memory BM25 index
+  (:class:`~sage_health.data.store.sparse.SparseBM25Index`) with FTS5's tokenizer, statistics and
+  bm25() formula, so the ranking is FTS5's up to float32 rounding of ties, at ~2 ms instead of ~30 ms for
+  100k chunks. It is built from the chunk texts at the first keyword search (seconds at 100k chunks; a
+  line on stderr says so) and then refreshed incrementally. ``bm25_index="fts5"`` queries FTS5 directly
+  (no build, no memory, slower).
 * Dense search is exact (brute-force cosine with NumPy over an in-memory float32 matrix that is loaded
-  lazily and refreshed incrementally from the generation counters): recall vs exact is 1.0 by
-  construction and 100k x 384 takes ~3 ms here.
+  lazily): recall vs exact is 1.0 by construction.
+* Both in-memory indexes follow the ``generation`` / ``delete_generation`` counters in ``meta``, so a write
+  by another store instance or process is seen at the next search: new chunk rows (ids above the last one
+  seen) are appended; after a delete the rows of removed chunks are dropped. Refreshes run under the
+  store's lock (the BM25 index: its own lock and a private read connection); searches read immutable
+  snapshots, so concurrent searches from worker threads are safe.
 """
 
 from __future__ import annotations
@@ -21,21 +33,24 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
+import sys
 import threading
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 
-from sage_health.core.errors import RetrievalError, StoreError
+from sage_health.core.errors import ConfigError, RetrievalError, StoreError
 from sage_health.core.hashing import sha256_text
 from sage_health.core.provenance import Provenance, Transform
 from sage_health.data.chunking import Chunk, Chunker
-from sage_health.data.embed import Embedder, Vectors
+from sage_health.data.embed import Embedder, Vectors, cpu_supports_bf16
+from sage_health.data.embed import _release_freed_memory as release_freed_memory
 from sage_health.data.schema import RecordBase, iso_utc, record_from_json
 from sage_health.data.store.protocol import (
     SearchFilters,
@@ -44,11 +59,15 @@ from sage_health.data.store.protocol import (
     StoredRecord,
     WriteResult,
 )
+from sage_health.data.store.sparse import Postings, SparseBM25Index
 
 SCHEMA_VERSION = 1
 _IN_BATCH = 500  # parameters per IN (...) list
+FTS_TOKENIZE = "porter unicode61 remove_diacritics 2"
+"""The FTS5 tokenizer of ``chunks_fts``; the in-memory BM25 index tokenises with exactly this."""
+_TEXT_BATCH = 5000  # chunk texts fetched per query while building the in-memory BM25 index
 
-_SCHEMA = """
+_SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS ingest_runs (
   id TEXT PRIMARY KEY, started_at TEXT NOT NULL, finished_at TEXT, status TEXT NOT NULL,
@@ -82,7 +101,7 @@ CREATE INDEX IF NOT EXISTS chunks_type ON chunks(resource_type);
 CREATE INDEX IF NOT EXISTS chunks_source ON chunks(source);
 CREATE INDEX IF NOT EXISTS chunks_text_hash ON chunks(text_hash);
 CREATE VIRTUAL TABLE IF NOT EXISTS chunks_fts USING fts5(
-  text, content='chunks', content_rowid='id', tokenize='porter unicode61 remove_diacritics 2');
+  text, content='chunks', content_rowid='id', tokenize='{FTS_TOKENIZE}');
 CREATE TRIGGER IF NOT EXISTS chunks_ai AFTER INSERT ON chunks BEGIN
   INSERT INTO chunks_fts(rowid, text) VALUES (new.id, new.text);
 END;
@@ -108,8 +127,9 @@ _STOPWORDS = frozenset(
 _WORD = re.compile(r"[A-Za-z0-9]+")
 
 
-def fts_query(text: str, max_terms: int = 32) -> str | None:
-    """An FTS5 OR-query of the distinct non-stopword terms of ``text`` (each quoted), or None.
+def query_words(text: str, max_terms: int = 32) -> list[str]:
+    """The distinct non-stopword words of ``text`` (lower-case ASCII, first ``max_terms``): the OR-ed terms
+    of a keyword query.
 
     Single letters are dropped (possessive "s", initials); single digits are kept: "type 2", "stage 3"
     carry meaning (keeping them raised MedQuAD BM25 MRR from 0.485 to 0.495 in the retrieval benchmark).
@@ -118,7 +138,12 @@ def fts_query(text: str, max_terms: int = 32) -> str | None:
     for word in _WORD.findall(text.lower()):
         if word not in _STOPWORDS and (len(word) > 1 or word.isdigit()):
             seen.setdefault(word, None)
-    terms = list(seen)[:max_terms]
+    return list(seen)[:max_terms]
+
+
+def fts_query(text: str, max_terms: int = 32) -> str | None:
+    """An FTS5 OR-query of :func:`query_words` of ``text`` (each quoted), or None when there are none."""
+    terms = query_words(text, max_terms)
     if not terms:
         return None
     return " OR ".join(f'"{t}"' for t in terms)
@@ -142,6 +167,20 @@ def _parse_dt(value: str | None) -> datetime | None:
 _FILTER_CACHE_SIZE = 32
 
 
+_BF16_MIN_ROWS = 20_000
+_BF16_RERANK_POOL = 256
+
+
+def _matvec(matrix: Vectors, vector: Vectors) -> Vectors:
+    """``matrix @ vector`` in fp32 through torch: numpy 1.26 (pinned by spaCy/thinc for the labeler) runs this
+    memory-bound mat-vec ~2-5x slower than torch here (100k x 384: ~15 ms vs 3.5-7 ms)."""
+    import torch
+
+    with torch.inference_mode():
+        out: Vectors = torch.mv(torch.from_numpy(matrix), torch.from_numpy(vector)).numpy()
+    return out
+
+
 class _DenseMatrix:
     """In-memory copy of the vectors table: sorted chunk ids + a float32 matrix.
 
@@ -156,19 +195,58 @@ class _DenseMatrix:
         self.generation = -1
         self.delete_generation = -1
         self.filter_rows: dict[str, npt.NDArray[np.intp]] = {}
+        self.low: Any = None  # bf16 torch copy of ``matrix`` for the first scoring pass (see dense_precision)
+
+
+class _SparseState:
+    """The in-memory BM25 index's current snapshot, the counters it reflects, and its per-filter rows."""
+
+    def __init__(self, postings: Postings, generation: int, delete_generation: int) -> None:
+        self.postings = postings
+        self.generation = generation
+        self.delete_generation = delete_generation
+        self.filter_rows: dict[str, npt.NDArray[np.intp]] = {}
 
 
 class SqliteDocumentStore:
     """The embedded default store. Cheap to construct; the database is opened on first use."""
 
-    def __init__(self, path: Path | str, embedder: Embedder, chunker: Chunker | None = None, rrf_k: int = 60) -> None:
+    def __init__(
+        self,
+        path: Path | str,
+        embedder: Embedder,
+        chunker: Chunker | None = None,
+        rrf_k: int = 60,
+        *,
+        bm25_index: Literal["memory", "fts5"] = "memory",
+        dense_precision: Literal["auto", "fp32", "bf16"] = "auto",
+    ) -> None:
+        """``bm25_index``: "memory" (default) answers keyword queries from an in-memory BM25 index built
+        at the first keyword search (fast queries; ~60 MiB and a few seconds per 100k chunks); "fts5" queries
+        SQLite FTS5 directly (no build and no memory, 15-20x slower at 100k chunks). Rankings are the same.
+
+        ``dense_precision``: "fp32" scores every vector exactly (torch mat-vec). "bf16" scores a bf16 copy of
+        the matrix first (half the memory traffic; the mat-vec is memory-bound) and re-scores the best
+        ``max(4n, 256)`` candidates exactly in fp32, so the returned scores are exact and only a vector whose
+        bf16 score falls out of that pool can be missed (recall vs exact is measured by the latency benchmark).
+        "auto" uses bf16 on CPUs with native bf16 instructions once the store holds >= 20,000 vectors."""
+        if bm25_index not in ("memory", "fts5"):
+            raise ConfigError(f"bm25_index must be 'memory' or 'fts5', got {bm25_index!r}")
         self.path = Path(path)
         self.rrf_k = rrf_k
         self.embedder = embedder
         self.chunker = chunker or Chunker()
+        self.bm25_index = bm25_index
+        if dense_precision not in ("auto", "fp32", "bf16"):
+            raise ConfigError(f"dense_precision must be auto, fp32 or bf16, got {dense_precision!r}")
+        self.dense_precision = dense_precision
         self._conn: sqlite3.Connection | None = None
         self._lock = threading.RLock()
         self._dense = _DenseMatrix(embedder.dim)
+        self._sparse_index = SparseBM25Index(FTS_TOKENIZE)
+        self._sparse_lock = threading.Lock()  # serialises refreshes of the BM25 index (not held by searches)
+        self._sparse = _SparseState(self._sparse_index.postings, -1, -1)
+        self._candidates: dict[tuple[str, int, int], npt.NDArray[np.int64]] = {}
 
     # ------------------------------------------------------------------ connection & schema
     def _connect(self) -> sqlite3.Connection:
@@ -223,6 +301,7 @@ class SqliteDocumentStore:
 
     def close(self) -> None:
         with self._lock:
+            self._sparse_index.close()
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
@@ -512,6 +591,24 @@ class SqliteDocumentStore:
         return ("AND " + " AND ".join(clauses)) if clauses else "", params
 
     def _bm25(self, text: str, filters: SearchFilters, n: int) -> list[tuple[int, float]]:
+        if self.bm25_index == "fts5":
+            return self._bm25_fts5(text, filters, n)
+        words = query_words(text)
+        if not words:
+            return []
+        state = self._refresh_sparse()
+        postings = state.postings
+        if postings.n_docs == 0:
+            return []
+        rows = None
+        if not filters.is_empty():
+            generations = (state.generation, state.delete_generation)
+            rows = self._filter_rows(postings.ids, state.filter_rows, generations, filters)
+            if rows.size == 0:
+                return []
+        return self._sparse_index.search(words, n, postings=postings, rows=rows)
+
+    def _bm25_fts5(self, text: str, filters: SearchFilters, n: int) -> list[tuple[int, float]]:
         match = fts_query(text)
         if match is None:
             return []
@@ -529,6 +626,85 @@ class SqliteDocumentStore:
         except sqlite3.OperationalError as exc:
             raise RetrievalError(f"keyword search failed: {exc}") from exc
         return [(int(r[0]), -float(r[1])) for r in rows]
+
+    def _generations(self, conn: sqlite3.Connection) -> tuple[int, int]:
+        rows = dict(conn.execute("SELECT key, value FROM meta WHERE key IN ('generation', 'delete_generation')"))
+        return int(rows.get("generation", 0)), int(rows.get("delete_generation", 0))
+
+    def _refresh_sparse(self) -> _SparseState:
+        """The in-memory BM25 index, brought up to the database's current generation.
+
+        First call: built from every chunk text (lazily, with a line on stderr). Later: chunks above the
+        last indexed id are appended; after a delete (``delete_generation`` moved) the removed chunks'
+        rows are dropped first. The texts are read in one read transaction of a private connection, so
+        counters and rows agree, the store's connection and lock stay free for writes meanwhile, and the
+        pages read do not stay in the store's page cache. Refreshes are serialised by their own lock.
+        """
+        state = self._sparse
+        with self._lock:  # the shared connection: one statement at a time
+            generation = self._meta_int(self._connect(), "generation")
+        if generation == state.generation:
+            return state
+        with self._sparse_lock:
+            state = self._sparse  # another thread may have refreshed meanwhile
+            index = self._sparse_index
+            first = state.generation < 0
+            started = time.perf_counter()
+            try:
+                reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
+                try:
+                    reader.execute("PRAGMA query_only=1")
+                    reader.execute("BEGIN")  # deferred: one read snapshot for the counters and the rows
+                    generation, delete_generation = self._generations(reader)
+                    if generation == state.generation:
+                        return state
+                    if first:
+                        print(
+                            f"Building the in-memory BM25 index of {self.path.name} (first keyword search)...",
+                            file=sys.stderr,
+                            flush=True,
+                        )
+                    last = index.last_id
+                    keep: npt.NDArray[np.int64] | None = None
+                    if delete_generation != state.delete_generation and index.postings.n_docs:
+                        keep = self._chunk_ids(reader, "WHERE id <= ?", (last,))
+                    postings = index.update(keep_ids=keep, new=self._texts_after(reader, last))
+                finally:
+                    reader.close()  # ends the read transaction
+            except sqlite3.DatabaseError as exc:
+                raise RetrievalError(f"{self.path}: cannot load the chunk texts for keyword search: {exc}") from exc
+            self._sparse = _SparseState(postings, generation, delete_generation)
+            if first:
+                release_freed_memory()  # the build's temporaries (~2x the index) back to the OS
+                print(
+                    f"In-memory BM25 index: {postings.n_docs} chunks, {postings.n_terms} terms, "
+                    f"{postings.rows.size} postings, {index.nbytes / 2**20:.0f} MiB, "
+                    f"{time.perf_counter() - started:.1f} s",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            return self._sparse
+
+    @staticmethod
+    def _chunk_ids(conn: sqlite3.Connection, where: str, params: Sequence[Any]) -> npt.NDArray[np.int64]:
+        cur = conn.cursor()
+        cur.row_factory = None  # plain tuples: building sqlite3.Row objects dominates large fetches
+        rows = cur.execute(f"SELECT id FROM chunks {where} ORDER BY id", tuple(params)).fetchall()
+        return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+
+    @staticmethod
+    def _texts_after(conn: sqlite3.Connection, last: int) -> Iterator[tuple[npt.NDArray[np.int64], list[str]]]:
+        """(ids, texts) of the chunks above ``last`` in ascending id order, in batches (bounded memory)."""
+        cur = conn.cursor()
+        cur.row_factory = None
+        while True:
+            rows = cur.execute(
+                "SELECT id, text FROM chunks WHERE id > ? ORDER BY id LIMIT ?", (last, _TEXT_BATCH)
+            ).fetchall()
+            if not rows:
+                return
+            last = int(rows[-1][0])
+            yield np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows)), [r[1] for r in rows]
 
     def _refresh_dense(self) -> _DenseMatrix:
         conn = self._connect()
@@ -552,7 +728,10 @@ class SqliteDocumentStore:
         ).fetchall()
         ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
         if rows:
-            mat = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), -1)
+            buf = bytearray()  # writable, so torch can wrap it without a copy
+            for r in rows:
+                buf += r[1]
+            mat = np.frombuffer(buf, dtype=np.float32).reshape(len(rows), -1)
         else:
             mat = np.zeros((0, self.embedder.dim), dtype=np.float32)
         if start:
@@ -563,56 +742,102 @@ class SqliteDocumentStore:
         dense.generation = generation
         dense.delete_generation = delete_generation
         dense.filter_rows = {}
+        dense.low = None
         return dense
 
-    def _candidate_ids(self, filters: SearchFilters) -> npt.NDArray[np.int64]:
+    def _use_bf16(self, rows: int) -> bool:
+        if self.dense_precision == "bf16":
+            return True
+        return self.dense_precision == "auto" and rows >= _BF16_MIN_ROWS and cpu_supports_bf16()
+
+    def _low_matrix(self, dense: _DenseMatrix) -> Any:
+        """The bf16 copy of the dense matrix (built once per refresh, under the store lock)."""
+        with self._lock:
+            if dense.low is None:
+                import torch
+
+                dense.low = torch.from_numpy(dense.matrix).to(torch.bfloat16)
+            return dense.low
+
+    def _candidate_ids(self, filters: SearchFilters, generation: int, delete_generation: int) -> npt.NDArray[np.int64]:
+        """Sorted ids of the chunks passing ``filters``, cached per filter and generation (shared by both
+        in-memory retrievers: at 100k chunks a broad filter's SQL costs far more than a search)."""
+        key = (filters.model_dump_json(), generation, delete_generation)
+        with self._lock:
+            cached = self._candidates.get(key)
+        if cached is not None:
+            return cached
         where, params = self._where(filters, alias="c")
         cur = self._connect().cursor()
         cur.row_factory = None  # plain tuples: building sqlite3.Row objects dominates large fetches
         rows = cur.execute(f"SELECT c.id FROM chunks c WHERE 1=1 {where}", params).fetchall()
-        return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        ids = np.sort(np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows)))
+        with self._lock:
+            while len(self._candidates) >= _FILTER_CACHE_SIZE:
+                self._candidates.pop(next(iter(self._candidates)))
+            self._candidates[key] = ids
+        return ids
 
     def _filter_rows(
-        self, dense: _DenseMatrix, ids: npt.NDArray[np.int64], filters: SearchFilters
+        self,
+        ids: npt.NDArray[np.int64],
+        cache: dict[str, npt.NDArray[np.intp]],
+        generations: tuple[int, int],
+        filters: SearchFilters,
     ) -> npt.NDArray[np.intp]:
-        """Rows of the dense matrix whose chunks pass ``filters`` (cached per filter until the next refresh)."""
+        """Positions in ``ids`` (one retriever's snapshot) of the chunks passing ``filters``, cached in ``cache``
+        (the snapshot's own dict, replaced with the snapshot: it always describes ``ids``)."""
         key = filters.model_dump_json()
         with self._lock:
-            cached = dense.filter_rows.get(key) if dense.ids is ids else None
+            cached = cache.get(key)
         if cached is not None:
             return cached
-        cand = self._candidate_ids(filters)
+        cand = self._candidate_ids(filters, *generations)
         rows = np.minimum(np.searchsorted(ids, cand), max(ids.size - 1, 0))
         rows = rows[ids[rows] == cand] if ids.size else rows[:0]
         with self._lock:
-            if dense.ids is ids:  # not refreshed meanwhile
-                if len(dense.filter_rows) >= _FILTER_CACHE_SIZE:
-                    dense.filter_rows.pop(next(iter(dense.filter_rows)))
-                dense.filter_rows[key] = rows
+            if len(cache) >= _FILTER_CACHE_SIZE:
+                cache.pop(next(iter(cache)))
+            cache[key] = rows
         return rows
 
     def _dense_search(self, text: str, filters: SearchFilters, n: int) -> list[tuple[int, float]]:
         with self._lock:
             dense = self._refresh_dense()
-            ids, matrix = dense.ids, dense.matrix
+            ids, matrix, cache = dense.ids, dense.matrix, dense.filter_rows
+            generations = (dense.generation, dense.delete_generation)
         if ids.size == 0:
             return []
         query = self.embedder.embed([text])[0]
-        if filters.is_empty():
-            rows = None
-            scores = matrix @ query
-        else:
-            rows = self._filter_rows(dense, ids, filters)
+        rows: npt.NDArray[np.intp] | None = None
+        if not filters.is_empty():
+            rows = self._filter_rows(ids, cache, generations, filters)
             if rows.size == 0:
                 return []
-            # few candidates: gather their rows; many: one full mat-vec is cheaper than the gather
-            scores = matrix[rows] @ query if rows.size * 8 < ids.size else (matrix @ query)[rows]
+        cand: npt.NDArray[np.intp] | None
+        if rows is not None and rows.size * 8 < ids.size:
+            # few candidates: score just their rows, exactly
+            cand, scores = rows, matrix[rows] @ query
+        elif self._use_bf16(ids.size):
+            import torch
+
+            low = self._low_matrix(dense)
+            with torch.inference_mode():
+                approx = torch.mv(low, torch.from_numpy(query).to(torch.bfloat16)).float().numpy()
+            base = approx if rows is None else approx[rows]
+            pool = min(max(4 * n, _BF16_RERANK_POOL), base.size)
+            sel = np.argpartition(-base, pool - 1)[:pool]
+            cand = sel if rows is None else rows[sel]
+            scores = matrix[cand] @ query  # exact fp32 re-scoring of the pool
+        else:
+            full = _matvec(matrix, query)
+            cand, scores = (None, full) if rows is None else (rows, full[rows])
         top = min(n, scores.size)
         if top == 0:
             return []
         idx = np.argpartition(-scores, top - 1)[:top]
         idx = idx[np.argsort(-scores[idx], kind="stable")]
-        chosen = idx if rows is None else rows[idx]
+        chosen = idx if cand is None else cand[idx]
         return [(int(ids[i]), float(s)) for i, s in zip(chosen, scores[idx], strict=True)]
 
     def search(self, query: SearchQuery) -> list[SearchHit]:
@@ -736,6 +961,18 @@ class SqliteDocumentStore:
                 "VALUES (?,?,?,?,?,?,?)",
                 (path, sha256, size, connector, run_id, records, _now()),
             )
+
+    def memory_indexes(self) -> dict[str, int]:
+        """Sizes of the in-memory indexes as loaded now (zeros before the first search that needs them)."""
+        postings = self._sparse.postings
+        return {
+            "bm25_chunks": postings.n_docs,
+            "bm25_terms": postings.n_terms,
+            "bm25_postings": int(postings.rows.size),
+            "bm25_bytes": self._sparse_index.nbytes,
+            "dense_chunks": int(self._dense.ids.size),
+            "dense_bytes": int(self._dense.matrix.nbytes + self._dense.ids.nbytes),
+        }
 
     def stats(self) -> dict[str, Any]:
         conn = self._connect()
