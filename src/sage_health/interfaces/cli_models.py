@@ -166,7 +166,9 @@ def models_rollback(
 
 def generate(
     prompt: Annotated[str, typer.Argument(help="The user message.")],
-    model: Annotated[str, typer.Option("--model", help="NAME[@VERSION] or a built-in backend.")] = "smollm2",
+    model: Annotated[
+        str | None, typer.Option("--model", help="NAME[@VERSION] or a built-in backend (default SAGE_GENERATOR).")
+    ] = None,
     system: Annotated[str | None, typer.Option("--system", help="A system message.")] = None,
     max_tokens: Annotated[int, typer.Option("--max-tokens", min=1, max=8192)] = 128,
     temperature: Annotated[float, typer.Option("--temperature", min=0.0, max=2.0)] = 0.0,
@@ -177,7 +179,7 @@ def generate(
 
     def body() -> None:
         settings = settings_for(store)
-        _mv, gen = GeneratorPool(settings, ModelRegistry(settings.db_path)).get(model)
+        _mv, gen = GeneratorPool(settings, ModelRegistry(settings.db_path)).get(model or settings.generator)
         messages = [ChatMessage(role="system", content=system)] if system else []
         messages.append(ChatMessage(role="user", content=prompt))
         result = gen.generate(messages, GenerationParams(max_new_tokens=max_tokens, temperature=temperature))
