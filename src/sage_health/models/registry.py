@@ -264,15 +264,8 @@ class ModelRegistry:
                 )
         with self._txn() as conn:
             if current is not None:
-                conn.execute(
-                    "UPDATE model_versions SET stage='archived' WHERE name=? AND version=?", (name, current.version)
-                )
-                self._event(conn, name, current.version, "archive", "production", "archived", actor, reason)
-            conn.execute(
-                "UPDATE model_versions SET stage='production', promoted_by=?, promoted_at=? WHERE name=? AND version=?",
-                (actor, _now(), name, version),
-            )
-            self._event(conn, name, version, "promote", candidate.stage, "production", actor, reason)
+                self._move(conn, name, current.version, "archive", "production", "archived", actor, reason)
+            self._move(conn, name, version, "promote", candidate.stage, "production", actor, reason)
         return self.get(name, version)
 
     def rollback(self, name: str, *, actor: str, reason: str | None = None) -> ModelVersion:
@@ -289,15 +282,8 @@ class ModelRegistry:
         if previous is None:
             raise RegistryError(f"{name} has no earlier production version to roll back to")
         with self._txn() as conn:
-            conn.execute(
-                "UPDATE model_versions SET stage='archived' WHERE name=? AND version=?", (name, current.version)
-            )
-            self._event(conn, name, current.version, "rollback", "production", "archived", actor, reason)
-            conn.execute(
-                "UPDATE model_versions SET stage='production', promoted_by=?, promoted_at=? WHERE name=? AND version=?",
-                (actor, _now(), name, previous),
-            )
-            self._event(conn, name, previous, "restore", "archived", "production", actor, reason)
+            self._move(conn, name, current.version, "rollback", "production", "archived", actor, reason)
+            self._move(conn, name, previous, "restore", "archived", "production", actor, reason)
         return self.get(name, previous)
 
     def archive(self, name: str, version: str, *, actor: str, reason: str | None = None) -> ModelVersion:
@@ -305,9 +291,30 @@ class ModelRegistry:
         if mv.stage == "production":
             raise RegistryError(f"{mv.ref} is in production: promote another version or roll back first")
         with self._txn() as conn:
-            conn.execute("UPDATE model_versions SET stage='archived' WHERE name=? AND version=?", (name, version))
-            self._event(conn, name, version, "archive", mv.stage, "archived", actor, reason)
+            self._move(conn, name, version, "archive", mv.stage, "archived", actor, reason)
         return self.get(name, version)
+
+    @classmethod
+    def _move(
+        cls,
+        conn: sqlite3.Connection,
+        name: str,
+        version: str,
+        action: str,
+        from_stage: str,
+        to_stage: Stage,
+        actor: str,
+        reason: str | None,
+    ) -> None:
+        """Change a version's stage (recording who promoted it when it enters production) and log the event."""
+        if to_stage == "production":
+            conn.execute(
+                "UPDATE model_versions SET stage='production', promoted_by=?, promoted_at=? WHERE name=? AND version=?",
+                (actor, _now(), name, version),
+            )
+        else:
+            conn.execute("UPDATE model_versions SET stage=? WHERE name=? AND version=?", (to_stage, name, version))
+        cls._event(conn, name, version, action, from_stage, to_stage, actor, reason)
 
     @staticmethod
     def _event(

@@ -260,6 +260,20 @@ def _git_commit() -> str | None:
     return commit if out.returncode == 0 and re.fullmatch(r"[0-9a-f]{40}", commit) else None
 
 
+def _publish(run: EvalRun, out_dir: Path, registry: ModelRegistry, model: ModelVersion, eval_set: str) -> EvalOutcome:
+    """Write the run's report files and record its metrics on the model version under ``eval_set``."""
+    files = write_report(run, out_dir)
+    registry.record_evaluation(
+        model.name,
+        model.version,
+        eval_set=eval_set,
+        run_id=run.run_id,
+        metrics=run.metrics,
+        report_path=str(files.json_path),
+    )
+    return EvalOutcome(run=run, files=files, eval_set=eval_set)
+
+
 def _generate(gen: Generator, messages: Any, params: GenerationParams) -> str:
     try:
         return gen.generate(messages, params).text
@@ -375,16 +389,7 @@ def run_report_eval(
             for s, p, r, sc in zip(test, preds, refs, tm.rouge_l_per_item, strict=True)
         ),
     )
-    files = write_report(run, out_dir)
-    registry.record_evaluation(
-        model.name,
-        model.version,
-        eval_set=eval_set,
-        run_id=run.run_id,
-        metrics=metrics,
-        report_path=str(files.json_path),
-    )
-    return EvalOutcome(run=run, files=files, eval_set=eval_set)
+    return _publish(run, out_dir, registry, model, eval_set)
 
 
 # ----------------------------------------------------------------------------- QA
@@ -566,16 +571,7 @@ def run_qa_eval(
             for ex, p in zip(test, preds, strict=True)
         ),
     )
-    files = write_report(run, out_dir)
-    registry.record_evaluation(
-        model.name,
-        model.version,
-        eval_set=eval_set,
-        run_id=run.run_id,
-        metrics=metrics,
-        report_path=str(files.json_path),
-    )
-    return EvalOutcome(run=run, files=files, eval_set=eval_set)
+    return _publish(run, out_dir, registry, model, eval_set)
 
 
 # ----------------------------------------------------------------------------- splits
