@@ -20,6 +20,7 @@ import secrets
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import datetime
 from functools import lru_cache
 from typing import Annotated, Any, Literal
 
@@ -181,7 +182,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             pool(s).get(name)  # registers the built-in base models (no weights are loaded here)
         data = []
         for mv in reg.list_versions():
-            created = int(time.mktime(time.strptime(mv.created_at[:19], "%Y-%m-%dT%H:%M:%S")))
+            created = int(datetime.fromisoformat(mv.created_at).timestamp())
             data.append(
                 {
                     "id": mv.ref,
