@@ -161,7 +161,9 @@ def main() -> None:
         c.machine_md(info),
         f"\nStore: {result.n_docs} KnowledgeDocuments ({len(corpus.tasks['pubmedqa'])} PubMedQA abstracts + "
         f"{result.n_docs - len(corpus.tasks['pubmedqa'])} MedQuAD answers), {result.n_chunks} chunks; embedder "
-        f"`{cfg.embedder_model_id}` ({cfg.embedder_precision}); RRF k={cfg.rrf_k}; {cfg.candidates}; "
+        f"`{cfg.embedder_model_id}` ({cfg.embedder_precision}); RRF k={cfg.rrf_k}, dense weight {cfg.dense_weight} "
+        "(BM25 1; chosen on tuning questions disjoint from these, see tune_fusion.py); "
+        f"{cfg.candidates}; "
         f"filters {cfg.filters}. Files: `{cfg.pubmedqa_file.path}` (sha256 {cfg.pubmedqa_file.sha256[:12]}), "
         f"`{cfg.medquad_file.path if cfg.medquad_file else '-'}` "
         f"(sha256 {cfg.medquad_file.sha256[:12] if cfg.medquad_file else '-'}); MedQuAD sample {cfg.medquad_sampled} "

@@ -30,6 +30,9 @@ class Settings(BaseSettings):
         default="auto", description="auto = bf16 autocast where the CPU has native bf16, else fp32."
     )
     rrf_k: int = Field(default=60, ge=1, description="Reciprocal-rank-fusion constant.")
+    hybrid_dense_weight: float = Field(
+        default=3.0, gt=0, description="Weight of the dense ranking in hybrid RRF (BM25's is 1); tuned, see README."
+    )
     bm25_index: Literal["auto", "memory", "fts5"] = Field(
         default="auto",
         description="Keyword retrieval engine: memory (in-memory BM25 index, built at the first keyword search; "

@@ -254,6 +254,8 @@ class RetrievalEvalConfig(BaseModel):
     embedder_precision: str | None
     chunker: dict[str, Any]
     rrf_k: int
+    dense_weight: float = 1.0
+    """Weight of the dense ranking in hybrid RRF (BM25's is 1)."""
     candidates: str = "store default: max(50, 4 * k) per retriever"
     filters: str = "resource_types=('KnowledgeDocument',), one_per_record=True"
     relevance: str = "one relevant record per query (its own abstract / answer); metrics on record ids"
@@ -407,6 +409,7 @@ def evaluate_retrieval(
                 )
             chunker = store.chunker.transform.model_dump(mode="json")
             rrf_k = store.rrf_k
+            dense_weight = store.dense_weight
     finally:
         if isinstance(active, CachedEmbedder):
             active.close()
@@ -424,6 +427,7 @@ def evaluate_retrieval(
         embedder_precision=str(precision) if precision is not None else None,
         chunker=chunker,
         rrf_k=rrf_k,
+        dense_weight=dense_weight,
     )
     return RetrievalEvalResult(
         config=config,

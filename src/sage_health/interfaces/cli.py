@@ -70,6 +70,7 @@ def _open_store(settings: Settings, *, must_exist: bool = True) -> SqliteDocumen
         rrf_k=settings.rrf_k,
         bm25_index=bm25,
         dense_precision=settings.dense_precision,
+        dense_weight=settings.hybrid_dense_weight,
     )
 
 

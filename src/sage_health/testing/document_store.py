@@ -202,7 +202,8 @@ class DocumentStoreConformance:
         assert top.record_id == "conformance-kb/KnowledgeDocument/2"
         assert top.bm25_rank == 1
         assert top.dense_rank == 1
-        assert top.score == pytest.approx(2 / 61)
+        # weighted RRF, k = 60: BM25 weight 1, dense weight the store's (1 when it has none)
+        assert top.score == pytest.approx((1 + getattr(filled, "dense_weight", 1.0)) / 61)
         assert [h.rank for h in hits] == list(range(1, len(hits) + 1))
         assert all(a.score >= b.score for a, b in itertools.pairwise(hits))
 
