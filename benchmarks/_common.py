@@ -279,3 +279,23 @@ def seed_cache_from_store(store_db: Path, cache_path: Path) -> int:
         conn.close()
     with CachedEmbedder(inner, cache_path) as cache:
         return cache.put((h, np.frombuffer(v, dtype=np.float32)) for h, v in rows)
+
+
+def cached_porter_stemmer() -> Any:
+    """The stemmer function both bm25s peers use: NLTK's original Porter algorithm (FTS5's `porter` tokenizer),
+    memoised per word. bm25s passes a list of distinct tokens and expects their stems in the same order."""
+    from nltk.stem.porter import PorterStemmer
+
+    stemmer = PorterStemmer(mode=PorterStemmer.ORIGINAL_ALGORITHM)
+    cache: dict[str, str] = {}
+
+    def stem(words: list[str]) -> list[str]:
+        out: list[str] = []
+        for word in words:
+            stemmed = cache.get(word)
+            if stemmed is None:
+                stemmed = cache[word] = stemmer.stem(word)
+            out.append(stemmed)
+        return out
+
+    return stem

@@ -216,7 +216,6 @@ class Bm25sPeer:
 
     def __init__(self, db: Path) -> None:
         import bm25s
-        from nltk.stem.porter import PorterStemmer
 
         self.bm25s = bm25s
         self.db = db
@@ -226,22 +225,10 @@ class Bm25sPeer:
         finally:
             conn.close()
         self.ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-        stemmer = PorterStemmer(mode=PorterStemmer.ORIGINAL_ALGORITHM)
-        cache: dict[str, str] = {}
-
-        def stem(words: list[str]) -> list[str]:
-            out: list[str] = []
-            for word in words:
-                stemmed = cache.get(word)
-                if stemmed is None:
-                    stemmed = cache[word] = stemmer.stem(word)
-                out.append(stemmed)
-            return out
-
-        self.stem = stem
+        self.stem = c.cached_porter_stemmer()
         rss = _rss_mib()
         t0 = time.perf_counter()
-        tokens = bm25s.tokenize([r[1] for r in rows], stopwords="en", stemmer=stem, show_progress=False)
+        tokens = bm25s.tokenize([r[1] for r in rows], stopwords="en", stemmer=self.stem, show_progress=False)
         self.retriever = bm25s.BM25(k1=1.5, b=0.75, method="lucene")
         self.retriever.index(tokens, show_progress=False)
         del tokens

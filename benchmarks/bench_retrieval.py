@@ -32,7 +32,6 @@ BM25S_CHUNK_DEPTH = 200  # chunks retrieved per query before collapsing to one h
 
 def bm25s_baseline(store_db: Path, tasks: dict[str, Sequence[Any]], k_values: Sequence[int]) -> dict[str, Any]:
     import bm25s
-    from nltk.stem.porter import PorterStemmer
 
     from sage_health.data.retrieval_eval import ranking_metrics
 
@@ -44,18 +43,7 @@ def bm25s_baseline(store_db: Path, tasks: dict[str, Sequence[Any]], k_values: Se
     finally:
         conn.close()
     record_of = [r[1] for r in rows]
-    stemmer = PorterStemmer(mode=PorterStemmer.ORIGINAL_ALGORITHM)
-    cache: dict[str, str] = {}
-
-    def stem(words: list[str]) -> list[str]:
-        # bm25s passes the list of distinct tokens and expects their stems in the same order
-        out: list[str] = []
-        for word in words:
-            stemmed = cache.get(word)
-            if stemmed is None:
-                stemmed = cache[word] = stemmer.stem(word)
-            out.append(stemmed)
-        return out
+    stem = c.cached_porter_stemmer()
 
     started = time.perf_counter()
     corpus_tokens = bm25s.tokenize([r[2] for r in rows], stopwords="en", stemmer=stem, show_progress=False)
