@@ -62,6 +62,23 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = Field(
         default=None, description="If set, `sage-health serve` requires `Authorization: Bearer <key>`."
     )
+    # --- agents and the radiology workflow (issue 4) ---
+    image_model: str = Field(default="cxr-densenet121", description="Registry name of the chest X-ray image model.")
+    image_confidence: float = Field(
+        default=0.85,
+        gt=0.5,
+        lt=1.0,
+        description="The imaging agent reports an observation only when p >= this (present) or p <= 1 - this "
+        "(absent); otherwise it abstains.",
+    )
+    image_min_size: int = Field(default=256, ge=16, description="Images smaller than this (either side) are unusable.")
+    similar_reports: int = Field(default=3, ge=0, le=20, description="Similar prior reports the retriever fetches.")
+    support_threshold: float = Field(
+        default=0.5,
+        gt=0.0,
+        le=1.0,
+        description="Minimum share of a draft sentence's content words found in one cited evidence sentence.",
+    )
 
     @property
     def db_path(self) -> Path:

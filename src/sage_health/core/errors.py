@@ -98,3 +98,15 @@ class RegistryError(ModelError):
 
 class EvaluationError(ModelError):
     """An evaluation could not run: bad input files, a train/test leak, an unknown task or metric."""
+
+
+class StudyInputError(AgentError):
+    """A workflow request is invalid (unreadable image, unknown patient, empty indication): nothing was stored."""
+
+
+class RunNotFoundError(AgentError):
+    """No agent run with that id exists in the store."""
+
+
+class RunStateError(AgentError):
+    """The run is not in a state that allows the requested action (e.g. reviewing a run that is not paused)."""

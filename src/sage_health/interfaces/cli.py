@@ -29,10 +29,10 @@ from rich.table import Table
 from sage_health import __version__
 from sage_health.core.config import Settings
 from sage_health.core.errors import SageError
-from sage_health.data.chunking import Chunker
 from sage_health.data.embed import build_embedder
 from sage_health.data.ingest.pipeline import FileProblem, IngestPipeline, IngestReport, expand_paths
 from sage_health.data.retrieval import patient_context
+from sage_health.data.store.factory import open_store
 from sage_health.data.store.protocol import SearchFilters, SearchHit, SearchMode, SearchQuery
 from sage_health.data.store.sqlite import SqliteDocumentStore
 from sage_health.interfaces import cli_eval, cli_models
@@ -54,24 +54,7 @@ _echo_json = echo_json
 
 
 def _open_store(settings: Settings, *, must_exist: bool = True) -> SqliteDocumentStore:
-    if must_exist and not settings.db_path.is_file():
-        raise SageError(f"no store at {settings.store}; run `sage-health ingest PATH --store {settings.store}` first")
-    embedder = build_embedder(
-        settings.embedder, batch_size=settings.embed_batch_size, precision=settings.embed_precision
-    )
-    chunker = Chunker(settings.chunk_words, settings.chunk_overlap_words)
-    # A one-shot command searches a few times at most: building the in-memory BM25 index (~3 s per 60k chunks)
-    # would cost more than it saves, so "auto" means FTS5 here.
-    bm25 = "fts5" if settings.bm25_index == "auto" else settings.bm25_index
-    return SqliteDocumentStore(
-        settings.db_path,
-        embedder,
-        chunker,
-        rrf_k=settings.rrf_k,
-        bm25_index=bm25,
-        dense_precision=settings.dense_precision,
-        dense_weight=settings.hybrid_dense_weight,
-    )
+    return open_store(settings, must_exist=must_exist)
 
 
 def _parse_day(value: str | None, *, end: bool = False) -> datetime | None:
