@@ -74,6 +74,8 @@ class ImagingResult(BaseModel):
     reason: str | None = None
     """Why the imaging agent abstained (no model registered, no usable image, low confidence)."""
     model_ref: str | None = None
+    model_note: str | None = None
+    """Which model version was used and why (production, or the newest candidate when none is in production)."""
 
 
 class DraftSentence(BaseModel):

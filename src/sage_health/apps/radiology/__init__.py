@@ -1,0 +1,1 @@
+"""Applications built on the agents: the chest X-ray report workflow."""
