@@ -1,11 +1,11 @@
 """Run every benchmark in order (``make bench``): ingest, retrieval quality, search latency, labeler
-validation, generator backends, generation/QA baselines.
+validation, generator backends, generation/QA baselines, the radiology workflow.
 
 The ingest benchmark runs first: its store is reused by the latency benchmark, and its vectors seed the
 embedding cache (benchmarks/.work/embed-cache.db) so the retrieval and latency stores need no model calls.
 Each benchmark writes results/<date>_<name>.json + .md and results/latest_<name>.json + .md.
 
-``--only NAME`` runs one benchmark (ingest | retrieval | latency | labeler | generators | baselines).
+``--only NAME`` runs one benchmark (ingest | retrieval | latency | labeler | generators | baselines | radiology).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import _common as c
 
-BENCHMARKS = ("ingest", "retrieval", "latency", "labeler", "generators", "baselines")
+BENCHMARKS = ("ingest", "retrieval", "latency", "labeler", "generators", "baselines", "radiology")
 
 
 def main() -> int:

@@ -69,7 +69,8 @@ def study_store(data_dir: Path, tmp_path_factory: pytest.TempPathFactory, smollm
         shutil.copy(png, corpus / "images" / png.name)
     store = root / "store"
     env = _env(store, smollm2_cache)
-    result = _cli(["ingest", str(corpus)], env)
+    # NIH samples (labels.csv sidecar) give the image model both classes of some observations
+    result = _cli(["ingest", str(corpus), str(data_dir / "nih_chestxray14_samples" / "images")], env)
     assert result.returncode == 0, result.stderr[-2000:]
     return {"store": store, "env": env, "root": root}
 
@@ -158,7 +159,12 @@ def test_study_with_a_trained_image_model(study_store: dict[str, object]) -> Non
     assert isinstance(env, dict)
     trained = _json(["train", "image-model", "--image-size", "32", "--epochs", "1"], env)
     assert trained["n_train"] or trained.get("n_heldout") is not None
-    confident = dict(env, SAGE_IMAGE_CONFIDENCE="0.51")
+    # a 1-epoch model has no validated held-out AUROC: the default gate (0.7) makes the agent abstain
+    gated = _json(["radiology", "draft", "--study-id", "iu-xray/DiagnosticReport/1900", "--model", "extractive"], env)
+    assert gated["imaging"]["abstained"] is True  # type: ignore[index]
+    assert "held-out AUROC" in str(gated["imaging"]["reason"])  # type: ignore[index]
+    # with only the training guard and a low confidence bar, it reports what it saw both classes of
+    confident = dict(env, SAGE_IMAGE_CONFIDENCE="0.51", SAGE_IMAGE_MIN_AUROC="none")
     outcome = _json(["radiology", "draft", "--study-id", "iu-xray/DiagnosticReport/1900", "--model", "extractive"],
                     confident)  # fmt: skip
     imaging = outcome["imaging"]
@@ -169,7 +175,7 @@ def test_study_with_a_trained_image_model(study_store: dict[str, object]) -> Non
     assert imaging["findings"]
     assert any("imaging (cxr-densenet121@" in n for n in outcome["notes"])  # type: ignore[union-attr]
     strict = _json(["radiology", "draft", "--study-id", "iu-xray/DiagnosticReport/1900", "--model", "extractive"],
-                   dict(env, SAGE_IMAGE_CONFIDENCE="0.999"))  # fmt: skip
+                   dict(env, SAGE_IMAGE_CONFIDENCE="0.999", SAGE_IMAGE_MIN_AUROC="none"))  # fmt: skip
     strict_imaging = strict["imaging"]
     assert isinstance(strict_imaging, dict)
     assert strict_imaging["abstained"] is True

@@ -22,7 +22,7 @@ import typer
 from typer.testing import CliRunner
 
 from sage_health.agents.base import AgentContext
-from sage_health.agents.imaging import NO_MODEL_REASON, ImagingAgent, ImagingInput
+from sage_health.agents.imaging import MIN_HELDOUT_AUROC, NO_MODEL_REASON, ImagingAgent, ImagingInput
 from sage_health.core.config import Settings
 from sage_health.core.errors import ModelLoadError, StudyInputError
 from sage_health.core.hashing import sha256_file
@@ -293,8 +293,9 @@ def test_agent_reports_only_confident_trained_observations(env: Env, data_dir: P
         views=("Frontal", "Lateral"),
         study_id="iu-xray/DiagnosticReport/7",
     )
-    ctx = _ctx(env, image_confidence=0.51)
-    result = ImagingAgent().run(study, ctx)
+    ctx = _ctx(env, image_confidence=0.51, image_min_auroc=None)
+    agent = ImagingAgent()  # gate unset: only observations with both classes seen in training
+    result = agent.run(study, ctx)
     assert [q.view for q in result.images] == ["Frontal", "Lateral"]
     assert all(q.usable for q in result.images)
     assert result.model_ref is not None
@@ -319,13 +320,41 @@ def test_agent_reports_only_confident_trained_observations(env: Env, data_dir: P
     assert not {f.observation for f in result.findings} & untrained
 
     assert len([k for k in ctx.extras if k.startswith("imaging.encoder:")]) == 1
-    ImagingAgent().run(study, ctx)
+    agent.run(study, ctx)
     assert len([k for k in ctx.extras if k.startswith("imaging.encoder:")]) == 1  # cached, loaded once
+
+
+def test_agent_reports_only_validated_observations(env: Env, data_dir: Path) -> None:
+    image = data_dir / "iu_xray" / "images" / "CXR3_IM-1384-1001.png"
+    study = ImagingInput(image_paths=(str(image),))
+    recorded = env.result.heldout.auroc
+    assert recorded  # the held-out images hold both classes of at least one observation (No Finding)
+    ctx = _ctx(env, image_confidence=0.51)
+
+    strict = ImagingAgent(min_heldout_auroc=max(recorded.values()) + 0.01).run(study, ctx)
+    assert strict.abstained
+    assert strict.findings == ()
+    best = max(recorded, key=lambda n: recorded[n])
+    assert strict.reason == (
+        f"no validated observation: no observation of {strict.model_ref} has a held-out AUROC >= "
+        f"{max(recorded.values()) + 0.01:.2f} (best: {best} {recorded[best]:.2f}); train it on more labelled chest "
+        "X-rays"
+    )
+    suggested = ImagingAgent(min_heldout_auroc=MIN_HELDOUT_AUROC).run(study, ctx)
+    assert suggested.abstained is (max(recorded.values()) < MIN_HELDOUT_AUROC)
+
+    gate = min(recorded.values())
+    validated = {n for n, v in recorded.items() if v >= gate}
+    probs = MonaiDenseNetImageEncoder(Path(env.result.folder)).predict([image])[0]
+    result = ImagingAgent(min_heldout_auroc=gate).run(study, ctx)
+    assert {f.observation for f in result.findings} == {n for n in validated if abs(probs[n] - 0.5) >= 0.01}
 
 
 def test_agent_abstains_when_unsure(env: Env, data_dir: Path) -> None:
     image = str(data_dir / "iu_xray" / "images" / "CXR3_IM-1384-1001.png")
-    result = ImagingAgent().run(ImagingInput(image_paths=(image,)), _ctx(env, image_confidence=0.999))
+    result = ImagingAgent().run(
+        ImagingInput(image_paths=(image,)), _ctx(env, image_confidence=0.999, image_min_auroc=None)
+    )
     assert result.abstained
     assert result.findings == ()
     assert result.reason is not None

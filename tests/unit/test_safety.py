@@ -301,13 +301,20 @@ def policy(draft: Draft) -> list[tuple[str, bool]]:
     return [(v.detail, v.blocking) for v in check_draft(TARGET, draft, [SIMILAR]).violations if v.kind == "policy"]
 
 
-def test_draft_without_impression_is_blocked() -> None:
+def test_draft_without_impression_is_noted_not_blocked() -> None:
     draft = Draft(sentences=CLEAN.sentences[:2])
-    assert policy(draft) == [("draft has no impression sentence", True)]
-    assert check_draft(TARGET, Draft(), []).violations == (
-        SafetyViolation(kind="policy", detail="draft has no findings sentence"),
-        SafetyViolation(kind="policy", detail="draft has no impression sentence"),
+    missing = "draft has no impression sentence; the radiologist must write it before signing"
+    assert policy(draft) == [(missing, False)]
+    report = check_draft(TARGET, Draft(), [])
+    assert report.violations == (
+        SafetyViolation(
+            kind="policy",
+            detail="draft has no findings sentence; the radiologist must write it before signing",
+            blocking=False,
+        ),
+        SafetyViolation(kind="policy", detail=missing, blocking=False),
     )
+    assert not report.blocked
 
 
 def test_overlong_sentence_and_draft_are_blocked() -> None:

@@ -8,10 +8,15 @@ Steps:
    image's blocking problems.
 3. The model: the production version of ``Settings.image_model``, else its newest candidate (said in
    ``model_note``), else abstain ("no image model registered; ...").
-4. Probabilities for the usable frontal images (all usable images when none is frontal), averaged over them.
-   An observation is reported only when ``p >= image_confidence`` (present) or ``p <= 1 - image_confidence``
-   (absent), and only when the model saw both classes of it in training (otherwise its output is an untrained
-   prior, not a reading). Nothing qualifies -> abstain ("low confidence: ...").
+4. Only observations the model may speak for are reported: those whose held-out AUROC (the model's newest
+   ``image-heldout:*`` evaluation in the registry) is at least the gate — ``ImagingAgent(min_heldout_auroc=x)``,
+   else ``Settings.image_min_auroc`` (default :data:`MIN_HELDOUT_AUROC`, 0.7). With the gate unset
+   (``SAGE_IMAGE_MIN_AUROC=``), the weaker guard: observations the model saw both classes of in training
+   (otherwise its output is an untrained prior, not a reading). None qualifies -> abstain
+   ("no validated observation: ...").
+5. Probabilities for the usable frontal images (all usable images when none is frontal), averaged over them.
+   A validated observation is reported when ``p >= image_confidence`` (present) or ``p <= 1 - image_confidence``
+   (absent). Nothing qualifies -> abstain ("low confidence: ...").
 
 Loaded encoders are cached in ``ctx.extras`` (one load per process and model version).
 """
@@ -31,9 +36,12 @@ from sage_health.models.imaging.encoder import BACKEND, ImageEncoder, MonaiDense
 from sage_health.models.imaging.quality import ImageCheck, check_image, is_frontal
 from sage_health.models.registry import ModelVersion
 
-__all__ = ["NO_MODEL_REASON", "ImagingAgent", "ImagingInput"]
+__all__ = ["MIN_HELDOUT_AUROC", "NO_MODEL_REASON", "ImagingAgent", "ImagingInput"]
 
 NO_MODEL_REASON = "no image model registered; train one with `sage-health train image-model`"
+MIN_HELDOUT_AUROC = 0.7
+"""Suggested validation gate: report an observation only if the model's held-out AUROC for it is at least this."""
+_HELDOUT_PREFIX = "image-heldout:"
 _NON_BLOCKING_PREFIX = "view unknown"
 
 
@@ -95,14 +103,46 @@ def _trained_observations(model: ModelVersion, observations: Sequence[str]) -> s
     }
 
 
+def _heldout_auroc(model: ModelVersion) -> dict[str, float]:
+    """Per-observation AUROC of the model's newest held-out evaluation (empty when it has none)."""
+    for evaluation in reversed(model.evaluations):
+        values: Any = evaluation.metrics.get("auroc")
+        if evaluation.eval_set.startswith(_HELDOUT_PREFIX) and isinstance(values, dict):
+            return {k: float(v) for k, v in values.items() if isinstance(v, int | float)}
+    return {}
+
+
 def _blocking(check: ImageCheck) -> str:
     return ", ".join(p for p in check.problems if not p.startswith(_NON_BLOCKING_PREFIX))
 
 
 class ImagingAgent:
+    """``min_heldout_auroc``: the held-out AUROC gate (see the module docstring); None (the default) takes
+    ``Settings.image_min_auroc`` (0.7; unset there keeps only the training guard)."""
+
     name: ClassVar[str] = "imaging"
     input_model: ClassVar[type[ImagingInput]] = ImagingInput
     output_model: ClassVar[type[ImagingResult]] = ImagingResult
+
+    def __init__(self, *, min_heldout_auroc: float | None = None) -> None:
+        self.min_heldout_auroc = min_heldout_auroc
+
+    def _validated(self, model: ModelVersion, observations: Sequence[str], gate: float | None) -> tuple[set[str], str]:
+        """(observations the model may report, why the others may not)."""
+        if gate is None:
+            trained = _trained_observations(model, observations)
+            return (
+                trained,
+                f"{model.ref} saw both classes of no observation in training; train it on more labelled images",
+            )
+        aurocs = _heldout_auroc(model)
+        validated = {n for n in observations if aurocs.get(n, -1.0) >= gate}
+        best = max(aurocs.items(), key=lambda kv: kv[1], default=None)
+        best_text = f"best: {best[0]} {best[1]:.2f}" if best else "no observation had both classes held out"
+        return validated, (
+            f"no observation of {model.ref} has a held-out AUROC >= {gate:.2f} ({best_text}); "
+            "train it on more labelled chest X-rays"
+        )
 
     def run(self, payload: ImagingInput, ctx: AgentContext) -> ImagingResult:
         paths = payload.image_paths
@@ -129,11 +169,20 @@ class ImagingAgent:
         if model is None:
             return ImagingResult(images=images, abstained=True, reason=NO_MODEL_REASON)
         encoder = _encoder(ctx, model)
+        observations = encoder.observations
+        gate = self.min_heldout_auroc if self.min_heldout_auroc is not None else ctx.settings.image_min_auroc
+        allowed, why_none = self._validated(model, observations, gate)
+        if not allowed:
+            return ImagingResult(
+                images=images,
+                abstained=True,
+                reason=f"no validated observation: {why_none}",
+                model_ref=model.ref,
+                model_note=note,
+            )
         selected = [c for c in usable if is_frontal(c.view)] or usable
         per_image = encoder.predict([Path(c.path) for c in selected])
-        observations = encoder.observations
         mean = {name: sum(p[name] for p in per_image) / len(per_image) for name in observations}
-        allowed = _trained_observations(model, observations)
         threshold = ctx.settings.image_confidence
         image_id = "+".join(c.image_id for c in selected)
         findings: list[ImageFinding] = []
@@ -151,8 +200,8 @@ class ImagingAgent:
                 )
             )
         if not findings:
-            closest = max((n for n in observations if n in allowed), key=lambda n: abs(mean[n] - 0.5), default=None)
-            best = f"; most decided: {closest} p={mean[closest]:.2f}" if closest is not None else ""
+            closest = max(sorted(allowed), key=lambda n: abs(mean[n] - 0.5))
+            best = f"; most decided: {closest} p={mean[closest]:.2f}"
             return ImagingResult(
                 images=images,
                 abstained=True,

@@ -25,7 +25,8 @@ re-screens it to know which items were quarantined. Violations (``blocked`` is T
 * ``prompt_injection`` (blocking) — the draft contains an injection pattern, cites a quarantined item, or a draft
   sentence copies the injected text of a quarantined item (lexical support >= :data:`QUARANTINE_OVERLAP` against a
   sentence of the item that matches an injection pattern; the item's ordinary sentences do not count).
-* ``policy`` (blocking) — no findings or no impression sentence; a sentence over :data:`MAX_SENTENCE_CHARS`
+* ``policy`` — **non-blocking** when the draft has no findings or no impression sentence (the verifier flagged it;
+  sign-off then requires the radiologist's edited report); **blocking** for a sentence over :data:`MAX_SENTENCE_CHARS`
   characters; a draft over :data:`MAX_DRAFT_CHARS`; a URL, e-mail address or code fence; chatbot boilerplate
   (:data:`BOILERPLATE_PATTERNS`). **Non-blocking** policy note: a specific drug dose (``40 mg``, ``2.5 mcg``,
   ``1 mg/kg``) — dosing is outside a radiology report's scope, so the radiologist is told to confirm or remove it,
@@ -434,7 +435,15 @@ def _policy_violations(draft: Draft) -> list[SafetyViolation]:
     violations: list[SafetyViolation] = []
     for section in ("findings", "impression"):
         if not any(s.section == section for s in draft.sentences):
-            violations.append(SafetyViolation(kind="policy", detail=f"draft has no {section} sentence"))
+            # Not blocking: the verifier already flagged the empty section, and the radiologist can complete it (a
+            # review of such a draft requires the edited report). Blocking would throw the rest of the draft away.
+            violations.append(
+                SafetyViolation(
+                    kind="policy",
+                    detail=f"draft has no {section} sentence; the radiologist must write it before signing",
+                    blocking=False,
+                )
+            )
     for index, sentence in enumerate(draft.sentences):
         if len(sentence.text) > MAX_SENTENCE_CHARS:
             violations.append(

@@ -16,7 +16,7 @@ def _default_data_dir() -> Path:
 class Settings(BaseSettings):
     """All configuration, from ``SAGE_*`` environment variables (or a ``.env`` file) and explicit overrides."""
 
-    model_config = SettingsConfigDict(env_prefix="SAGE_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="SAGE_", env_file=".env", extra="ignore", env_parse_none_str="none")
 
     store: Path = Field(default=Path(".sage"), description="Store directory (holds sage.db).")
     data_dir: Path = Field(default_factory=_default_data_dir, description="Public data directory.")
@@ -70,6 +70,13 @@ class Settings(BaseSettings):
         lt=1.0,
         description="The imaging agent reports an observation only when p >= this (present) or p <= 1 - this "
         "(absent); otherwise it abstains.",
+    )
+    image_min_auroc: float | None = Field(
+        default=0.7,
+        ge=0.0,
+        le=1.0,
+        description="The imaging agent reports only observations whose held-out AUROC (recorded at training) is >= "
+        "this; 'none' keeps only the weaker guard (observations seen with both classes in training).",
     )
     image_min_size: int = Field(default=256, ge=16, description="Images smaller than this (either side) are unusable.")
     similar_reports: int = Field(default=3, ge=0, le=20, description="Similar prior reports the retriever fetches.")

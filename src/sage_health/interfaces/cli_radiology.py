@@ -43,6 +43,12 @@ def print_outcome(outcome: DraftOutcome) -> None:
                 cites = ", ".join(s.citations) or "no evidence"
                 lines.append(f"  {escape(s.text)} [dim]\\[{escape(cites)}][/]")
     out.print(Panel("\n".join(lines), title=f"draft {outcome.run_id} · {status} · {outcome.model_ref}"))
+    cited = set(outcome.draft.citations())
+    for ev in outcome.evidence:
+        if ev["id"] in cited:
+            snippet = " ".join(str(ev["text"]).split())
+            snippet = snippet[:160] + ("…" if len(snippet) > 160 else "")
+            out.print(f"[dim]evidence {escape(ev['id'])} ({ev['kind']}):[/] {escape(snippet)}", highlight=False)
     for label, items in (("plan", outcome.plan_notes), ("notes", outcome.notes)):
         for note in items:
             out.print(f"[dim]{label}:[/] {escape(note)}")

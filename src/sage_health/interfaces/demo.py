@@ -1,4 +1,6 @@
-"""``make demo`` / ``sage-health demo``: ingest the shared data, then show cited search results."""
+"""``make demo`` / ``sage-health demo``: ingest the shared data, show cited search results, then run the chest
+X-ray report workflow on IU X-ray studies that have images: draft (evidence, verifier notes), approve one with a
+radiologist's edit (signed report + feedback event), and print its trace."""
 
 from __future__ import annotations
 
@@ -115,7 +117,54 @@ def run_demo(settings: Settings, store: SqliteDocumentStore, out: Console, err: 
                 f"({len(ctx.timeline)} timeline records; hits in date order)",
                 ctx.hits,
             )
+        run_radiology_demo(settings, store, out)
         out.print(
             "\nTry: [bold].venv/bin/sage-health search 'pneumothorax' --type DiagnosticReport[/], "
-            "[bold]sage-health show <record id>[/], [bold]sage-health stats[/], [bold]sage-health doctor[/]"
+            "[bold]sage-health radiology draft --study-id iu-xray/DiagnosticReport/3[/], "
+            "[bold]sage-health runs[/], [bold]sage-health show <record id>[/], [bold]sage-health doctor[/]"
         )
+
+
+DEMO_STUDIES = ("iu-xray/DiagnosticReport/7", "iu-xray/DiagnosticReport/1900", "iu-xray/DiagnosticReport/3")
+
+
+def run_radiology_demo(settings: Settings, store: SqliteDocumentStore, out: Console) -> None:
+    """Draft reports for the IU studies that have images, approve the first with an edit, print its trace."""
+    from sage_health.agents.base import AgentContext
+    from sage_health.agents.trace import TraceStore
+    from sage_health.apps.radiology.workflow import draft_report, prepare_request, report_text, review_draft
+    from sage_health.interfaces.cli_radiology import print_outcome, trace_tree
+
+    ctx = AgentContext.create(settings, store)
+    out.print(
+        "\n[bold]3. Chest X-ray report workflow[/] (planner → retriever → safety screen → imaging → writer → "
+        "verifier → safety → radiologist)"
+    )
+    outcomes = []
+    for study in DEMO_STUDIES:
+        if store.get(study) is None:
+            out.print(f"   study {study} is not in the store; skipped")
+            continue
+        request = prepare_request(ctx, indication=None, study_id=study)
+        out.print(f"\n   study {study}: indication from the stored study, {len(request.images)} image(s); drafting …")
+        outcome = draft_report(ctx, request)
+        print_outcome(outcome)
+        outcomes.append(outcome)
+    approvable = [o for o in outcomes if not o.blocked and o.findings and o.impression]
+    if not approvable:
+        out.print("   no draft could be approved (all blocked or empty); see the notes above")
+        return
+    first = approvable[0]
+    edited = report_text(
+        first.findings + " No pneumothorax.", first.impression.rstrip(".") + ", reviewed by the demo radiologist."
+    )
+    out.print(f"\n[bold]4. Radiologist review[/] of {first.run_id}: one sentence added, impression reworded, approved")
+    review = review_draft(ctx, first.run_id, approve=True, edited=edited, signer="demo-radiologist")
+    out.print(
+        f"   signed {review.record_id} v{review.record_version} ({review.feedback_kind}); feedback event stored for "
+        "the co-evolution loop"
+    )
+    out.print(Panel(review.diff or "no change", title="edit diff (draft → signed)", title_align="left"))
+    traces = TraceStore(settings.db_path)
+    out.print("\n[bold]5. The persisted trace[/] (`sage-health trace RUN_ID`)")
+    out.print(trace_tree(traces.get_run(first.run_id), traces.steps(first.run_id)))
