@@ -180,3 +180,27 @@ def test_study_with_a_trained_image_model(study_store: dict[str, object]) -> Non
     assert isinstance(strict_imaging, dict)
     assert strict_imaging["abstained"] is True
     assert "low confidence" in str(strict_imaging["reason"])
+
+
+def test_bad_input_from_the_cli_is_one_clear_line_and_stores_nothing(
+    study_store: dict[str, object], tmp_path: Path
+) -> None:
+    env = study_store["env"]
+    assert isinstance(env, dict)
+    traces = TraceStore(Path(str(study_store["store"])) / "sage.db")
+    before = len(traces.list_runs(limit=1000))
+    broken = tmp_path / "scan.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 64)
+    cases = [
+        (["--indication", "  "], "empty indication"),
+        (["--indication", "Cough", "--patient", "synthea/Patient/unknown"], "unknown patient synthea/Patient/unknown"),
+        (["--indication", "Cough", "--images", str(broken)], f"{broken}: unreadable image"),
+    ]
+    for args, message in cases:
+        result = _cli(["radiology", "draft", *args], env)
+        assert result.returncode == 1, result.stdout
+        assert message in " ".join(result.stderr.split())
+    assert len(traces.list_runs(limit=1000)) == before
+    review = _cli(["radiology", "review", "no-such-run", "--approve"], env)
+    assert review.returncode == 1
+    assert "no agent run no-such-run" in review.stderr

@@ -269,3 +269,38 @@ def test_eval_radiology_uses_train_memory_only_and_refuses_leaks(
             models=["extractive@1"],
             labeler=labeler,
         )
+
+
+def test_rest_api_draft_review_and_trace(ctx: AgentContext) -> None:
+    from fastapi.testclient import TestClient
+
+    from sage_health.interfaces.api import create_app
+
+    client = TestClient(create_app(ctx.settings))
+    created = client.post("/v1/radiology/drafts", json={"study_id": "iu-xray/DiagnosticReport/1900"})
+    assert created.status_code == 200, created.text
+    draft = created.json()
+    assert draft["status"] == "paused"
+    assert draft["model_ref"] == "extractive@1"
+    run_id = draft["run_id"]
+    trace = client.get(f"/v1/runs/{run_id}").json()
+    assert [s["step"] for s in trace["steps"]] == ["plan", "retrieve", "screen", "imaging", "write", "verify", "safety"]
+    reviewed = client.post(
+        f"/v1/radiology/drafts/{run_id}/review",
+        json={"approve": True, "signer": "dr-api", "findings": "Lungs are clear.", "impression": "Normal chest."},
+    )
+    assert reviewed.status_code == 200, reviewed.text
+    assert reviewed.json()["feedback_kind"] == "edited"
+    again = client.post(f"/v1/radiology/drafts/{run_id}/review", json={"approve": True, "signer": "dr-api"})
+    assert again.status_code == 409
+    assert again.json()["error"]["type"] == "RunStateError"
+    bad = client.post("/v1/radiology/drafts", json={"indication": " ", "patient_id": None})
+    assert bad.status_code == 422
+    assert bad.json()["error"] == {
+        "type": "StudyInputError",
+        "message": "empty indication: --indication must contain the clinical question",
+        "code": 422,
+    }
+    missing = client.get("/v1/runs/no-such-run")
+    assert missing.status_code == 404
+    assert "/v1/radiology/drafts" in client.get("/openapi.json").json()["paths"]

@@ -4,6 +4,8 @@
   ``name`` in a request means its production version, else its newest).
 - ``POST /v1/chat/completions`` — non-streaming, or server-sent events with ``"stream": true``.
 - ``GET /healthz`` — liveness.
+- The radiology workflow: ``POST /v1/radiology/drafts``, ``POST /v1/radiology/drafts/{run_id}/review``,
+  ``GET /v1/runs/{run_id}`` (see :mod:`sage_health.interfaces.api_radiology`).
 
 Settings come from the ``get_settings`` dependency (tests override it). Every error — ours, a request that
 fails validation, an unknown route — has one JSON shape, compatible with OpenAI clients::
@@ -16,13 +18,11 @@ Authentication: when ``SAGE_API_KEY`` is set, requests must send ``Authorization
 from __future__ import annotations
 
 import json
-import secrets
 import time
 import uuid
 from collections.abc import Iterator
 from datetime import datetime
-from functools import lru_cache
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -42,9 +42,14 @@ from sage_health.core.errors import (
     RecordNotFoundError,
     RegistryError,
     RetrievalError,
+    RunNotFoundError,
+    RunStateError,
     SageError,
+    StudyInputError,
     ValidationError,
 )
+from sage_health.interfaces.api_deps import SettingsDep, authorize, get_settings
+from sage_health.interfaces.api_radiology import add_radiology_routes
 from sage_health.models.catalog import GeneratorPool
 from sage_health.models.generation.base import ChatMessage, GenerationParams
 from sage_health.models.registry import ModelRegistry
@@ -52,6 +57,9 @@ from sage_health.models.registry import ModelRegistry
 # One place that maps error classes to HTTP status codes (most specific first).
 ERROR_STATUS: tuple[tuple[type[SageError], int], ...] = (
     (RecordNotFoundError, 404),
+    (RunNotFoundError, 404),
+    (RunStateError, 409),
+    (StudyInputError, 422),
     (PolicyViolation, 403),
     (ValidationError, 422),
     (ContextOverflowError, 400),
@@ -74,16 +82,6 @@ def status_for(exc: SageError) -> int:
 
 def error_body(kind: str, message: str, status: int) -> dict[str, Any]:
     return {"error": {"type": kind, "message": message, "code": status}}
-
-
-@lru_cache(maxsize=1)
-def _default_settings() -> Settings:
-    return Settings()
-
-
-def get_settings() -> Settings:
-    """The settings dependency (overridden in tests with ``app.dependency_overrides``)."""
-    return _default_settings()
 
 
 class ChatMessageIn(BaseModel):
@@ -125,19 +123,6 @@ class ChatCompletionRequest(BaseModel):
         )
 
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
-
-
-def authorize(request: Request, s: SettingsDep) -> None:
-    """Bearer-token check when ``SAGE_API_KEY`` is set (constant-time comparison)."""
-    if s.api_key is None:
-        return
-    header = request.headers.get("authorization", "")
-    token = header[7:] if header.lower().startswith("bearer ") else ""
-    if not secrets.compare_digest(token.encode(), s.api_key.get_secret_value().encode()):
-        raise PolicyViolation("missing or wrong API key: send `Authorization: Bearer <SAGE_API_KEY>`")
-
-
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The API application. ``settings`` pre-binds the settings dependency (used by ``sage-health serve``)."""
     app = FastAPI(
@@ -170,6 +155,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         return JSONResponse(error_body("HTTPError", str(exc.detail), exc.status_code), status_code=exc.status_code)
+
+    add_radiology_routes(app, pool)
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:

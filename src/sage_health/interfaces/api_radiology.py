@@ -1,0 +1,103 @@
+"""REST endpoints of the radiology workflow (mounted by :func:`sage_health.interfaces.api.create_app`).
+
+- ``POST /v1/radiology/drafts`` — validate the study, run the workflow, return the draft (it then waits for review).
+- ``POST /v1/radiology/drafts/{run_id}/review`` — approve (optionally with the edited report) or reject.
+- ``GET /v1/runs/{run_id}`` — a run and its persisted trace steps.
+
+Image paths are paths on the server (the store's images, or files the server can read). One workflow runs at a
+time per application (the store connection and the CPU are shared); the others wait.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from fastapi import Depends, FastAPI
+from pydantic import BaseModel, ConfigDict, Field
+
+from sage_health.agents.base import AgentContext
+from sage_health.agents.trace import TraceStore
+from sage_health.apps.radiology.workflow import (
+    DraftOutcome,
+    ReviewOutcome,
+    draft_report,
+    prepare_request,
+    report_text,
+    review_draft,
+)
+from sage_health.core.config import Settings
+from sage_health.data.store.factory import open_store
+from sage_health.data.store.sqlite import SqliteDocumentStore
+from sage_health.interfaces.api_deps import SettingsDep, authorize
+from sage_health.models.catalog import GeneratorPool
+
+
+class DraftBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    indication: str | None = Field(default=None, description="The clinical question (or from a stored study).")
+    comparison: str | None = None
+    patient_id: str | None = None
+    study_id: str | None = None
+    images: list[str] = Field(default_factory=list, description="PNG/DICOM paths readable by the server.")
+    model: str | None = Field(default=None, description="Writer model NAME[@VERSION]; default: the planner's choice.")
+
+
+class ReviewBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    approve: bool
+    findings: str | None = Field(default=None, description="Edited FINDINGS (with impression) replaces the draft.")
+    impression: str | None = None
+    signer: str = Field(min_length=1)
+    reason: str | None = None
+
+
+def add_radiology_routes(app: FastAPI, pool: Callable[[Settings], GeneratorPool]) -> None:
+    """Mount the radiology routes; ``pool`` gives the app's shared generator pool (one model load per process)."""
+    stores: dict[str, SqliteDocumentStore] = {}
+    lock = threading.Lock()
+
+    def context(s: Settings) -> AgentContext:
+        key = str(s.db_path.resolve())
+        if key not in stores:
+            stores[key] = open_store(s, bm25_index="memory")
+        p = pool(s)
+        return AgentContext(settings=s, store=stores[key], registry=p.registry, pool=p)
+
+    @app.post("/v1/radiology/drafts", tags=["radiology"], dependencies=[Depends(authorize)])
+    def create_draft(body: DraftBody, s: SettingsDep) -> DraftOutcome:
+        with lock:
+            ctx = context(s)
+            request = prepare_request(
+                ctx,
+                indication=body.indication,
+                images=[Path(p) for p in body.images],
+                comparison=body.comparison,
+                patient_id=body.patient_id,
+                study_id=body.study_id,
+                model=body.model,
+            )
+            return draft_report(ctx, request)
+
+    @app.post("/v1/radiology/drafts/{run_id}/review", tags=["radiology"], dependencies=[Depends(authorize)])
+    def review(run_id: str, body: ReviewBody, s: SettingsDep) -> ReviewOutcome:
+        edited = None
+        if body.findings is not None or body.impression is not None:
+            edited = report_text(body.findings or "", body.impression or "")
+        with lock:
+            return review_draft(
+                context(s), run_id, approve=body.approve, edited=edited, signer=body.signer, reason=body.reason
+            )
+
+    @app.get("/v1/runs/{run_id}", tags=["radiology"], dependencies=[Depends(authorize)])
+    def get_run(run_id: str, s: SettingsDep) -> dict[str, Any]:
+        traces = TraceStore(s.db_path)
+        run = traces.get_run(run_id)
+        return {
+            "run": run.model_dump(mode="json"),
+            "steps": [st.model_dump(mode="json") for st in traces.steps(run_id)],
+        }
