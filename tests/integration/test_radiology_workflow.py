@@ -304,3 +304,42 @@ def test_rest_api_draft_review_and_trace(ctx: AgentContext) -> None:
     missing = client.get("/v1/runs/no-such-run")
     assert missing.status_code == 404
     assert "/v1/radiology/drafts" in client.get("/openapi.json").json()["paths"]
+
+
+def test_planner_prefers_production_and_states_the_fallback(ctx: AgentContext, tmp_path: Path) -> None:
+    from sage_health.agents.planner import Planner, PlannerInput
+
+    own = AgentContext.create(ctx.settings.model_copy(update={"store": tmp_path / "reg"}), ctx.store)
+    before = Planner().run(PlannerInput(task="radiology_report", has_images=True), own)
+    assert before.model_ref == "extractive@1"
+    assert "no production version of 'extractive'" in before.notes[0]
+    assert before.fallback_ref is None  # the extractive writer is its own fallback
+    assert "no 'cxr-densenet121' image model registered" in before.notes[-1]
+    own.registry.register("extractive", backend="extractive", version="2", actor="test")
+    own.registry.promote("extractive", "2", actor="test", reason="planner test")
+    after = Planner().run(PlannerInput(task="radiology_report"), own)
+    assert after.model_ref == "extractive@2"
+    assert after.notes[0] == "writer model extractive@2: production version of 'extractive'"
+    smol = Planner().run(PlannerInput(task="radiology_report", model="smollm2"), own)
+    assert smol.model_ref.startswith("smollm2@")
+    assert smol.fallback_ref == "extractive@1"
+    assert [s.step for s in smol.steps] == [
+        "plan", "retrieve", "screen", "imaging", "write", "verify", "safety", "review"
+    ]  # fmt: skip
+
+
+def test_writer_falls_back_when_the_planned_generator_fails(ctx: AgentContext) -> None:
+    # an OpenAI-compatible endpoint on a closed local port: the connection is refused at once
+    ctx.registry.register(
+        "unreachable",
+        backend="openai",
+        version="1",
+        config={"backend_options": {"base_url": "http://127.0.0.1:9/v1", "timeout_s": 2, "max_retries": 0}},
+        actor="test",
+    )
+    outcome = draft_report(ctx, prepare_request(ctx, indication="Cough and fever", model="unreachable@1"))
+    assert outcome.model_ref == "extractive@1"
+    assert any(n.startswith("unreachable@1 failed (EndpointError") for n in outcome.notes)
+    assert any(n == "drafted by the fallback extractive@1, not unreachable@1" for n in outcome.notes)
+    write = next(s for s in TraceStore(ctx.settings.db_path).steps(outcome.run_id) if s.step == "write")
+    assert write.model_ref == "extractive@1"
