@@ -62,6 +62,10 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = Field(
         default=None, description="If set, `sage-health serve` requires `Authorization: Bearer <key>`."
     )
+    audit_key: SecretStr | None = Field(
+        default=None,
+        description="HMAC key of the audit log's hash chain; keep it outside the store (default: <store>/audit.key).",
+    )
     # --- agents and the radiology workflow (issue 4) ---
     image_model: str = Field(default="cxr-densenet121", description="Registry name of the chest X-ray image model.")
     image_confidence: float = Field(

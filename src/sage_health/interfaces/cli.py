@@ -35,7 +35,7 @@ from sage_health.data.retrieval import patient_context
 from sage_health.data.store.factory import open_store
 from sage_health.data.store.protocol import SearchFilters, SearchHit, SearchMode, SearchQuery
 from sage_health.data.store.sqlite import SqliteDocumentStore
-from sage_health.interfaces import cli_eval, cli_imaging, cli_models, cli_radiology
+from sage_health.interfaces import cli_audit, cli_eval, cli_imaging, cli_models, cli_radiology
 from sage_health.interfaces.cli_util import JsonOpt, StoreOpt, echo_json, err, out, run_command, settings_for
 
 app = typer.Typer(
@@ -479,6 +479,7 @@ app.add_typer(cli_radiology.runs_app, name="runs")
 app.command("trace")(cli_radiology.trace)
 eval_app.command("radiology")(cli_radiology.eval_radiology)
 app.add_typer(cli_imaging.train_app, name="train")
+app.add_typer(cli_audit.audit_app, name="audit")
 
 
 def main() -> None:
