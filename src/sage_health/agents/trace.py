@@ -22,7 +22,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from sage_health.core.errors import RunNotFoundError, StoreError
+from sage_health.core.errors import RunNotFoundError
+from sage_health.data.sqlite_tables import connect, immediate
 
 RunStatus = Literal["running", "paused", "blocked", "failed", "approved", "rejected", "completed"]
 StepStatus = Literal["ok", "error"]
@@ -109,37 +110,17 @@ class TraceStore:
 
     def __init__(self, db_path: Path) -> None:
         self._path = db_path
-        self._ready = False
 
     @contextmanager
     def _conn(self) -> Iterator[sqlite3.Connection]:
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            conn = sqlite3.connect(self._path, timeout=30.0, isolation_level=None)
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open the trace tables in {self._path}: {exc}") from exc
-        conn.row_factory = sqlite3.Row
-        conn.execute("PRAGMA foreign_keys=ON")
-        conn.execute("PRAGMA busy_timeout=30000")
-        try:
-            if not self._ready:
-                conn.executescript(_SCHEMA)
-                self._ready = True
+        with connect(self._path, schema=_SCHEMA, what="the agent trace tables") as conn:
             yield conn
-        finally:
-            conn.close()
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """One ``BEGIN IMMEDIATE`` transaction: everything inside commits together or not at all."""
-        with self._conn() as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+        with self._conn() as conn, immediate(conn):
+            yield conn
 
     def create_run(
         self,

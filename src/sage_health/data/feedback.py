@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from sage_health.core.errors import StoreError
+from sage_health.data.sqlite_tables import connect
 
 FeedbackKind = Literal["approved", "edited", "rejected"]
 
@@ -69,16 +69,8 @@ class FeedbackStore:
 
     @contextmanager
     def _conn(self) -> Iterator[sqlite3.Connection]:
-        try:
-            conn = sqlite3.connect(self._path, timeout=30.0, isolation_level=None)
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open the feedback table in {self._path}: {exc}") from exc
-        conn.row_factory = sqlite3.Row
-        try:
-            self.ensure_schema(conn)
+        with connect(self._path, schema=_SCHEMA, what="the feedback table") as conn:
             yield conn
-        finally:
-            conn.close()
 
     @staticmethod
     def ensure_schema(conn: sqlite3.Connection) -> None:

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from sage_health.core.errors import RegistryError
 from sage_health.core.hashing import sha256_file
+from sage_health.data.sqlite_tables import connect, immediate
 
 Stage = Literal["candidate", "production", "archived"]
 
@@ -145,31 +146,18 @@ class ModelRegistry:
 
     def __init__(self, db_path: Path) -> None:
         self._path = db_path
-        db_path.parent.mkdir(parents=True, exist_ok=True)
-        with self._conn() as conn:
-            conn.executescript(_SCHEMA)
+        with self._conn():
+            pass  # creates the tables
 
     @contextmanager
     def _conn(self) -> Iterator[sqlite3.Connection]:
-        conn = sqlite3.connect(self._path, timeout=30, isolation_level=None)
-        conn.row_factory = sqlite3.Row
-        try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA foreign_keys=ON")
+        with connect(self._path, schema=_SCHEMA, what="the model registry") as conn:
             yield conn
-        finally:
-            conn.close()
 
     @contextmanager
     def _txn(self) -> Iterator[sqlite3.Connection]:
-        with self._conn() as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+        with self._conn() as conn, immediate(conn):
+            yield conn
 
     # -- writes -------------------------------------------------------------------------------------
     def register(

@@ -33,7 +33,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from sage_health.core.config import Settings
-from sage_health.core.errors import StoreError
+from sage_health.data.sqlite_tables import connect, immediate
 
 GENESIS = "0" * 64
 
@@ -150,17 +150,8 @@ class AuditLog:
 
     @contextmanager
     def _conn(self) -> Iterator[sqlite3.Connection]:
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            conn = sqlite3.connect(self._path, timeout=30.0, isolation_level=None)
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open the audit log in {self._path}: {exc}") from exc
-        conn.row_factory = sqlite3.Row
-        try:
-            conn.executescript(_SCHEMA)
+        with connect(self._path, schema=_SCHEMA, what="the audit log") as conn:
             yield conn
-        finally:
-            conn.close()
 
     def append(
         self,
@@ -175,24 +166,18 @@ class AuditLog:
         """Append one event (``query`` is stored as its sha256 only) and move the anchor to it."""
         detail = dict(detail or {})
         qhash = query_hash(query) if query is not None else None
-        with self._conn() as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                last = conn.execute("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1").fetchone()
-                seq = (last["seq"] + 1) if last else 1
-                prev = last["hash"] if last else GENESIS
-                at = datetime.now(UTC).isoformat(timespec="microseconds")
-                digest = self._sign(_canonical(seq, at, principal, purpose, action, record_ids, qhash, detail, prev))
-                conn.execute(
-                    "INSERT INTO audit_log (seq, at, principal, purpose, action, record_ids_json, query_sha256, "
-                    "detail_json, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (seq, at, principal, purpose, action, json.dumps(list(record_ids)), qhash,
-                     json.dumps(detail, sort_keys=True), prev, digest),
-                )  # fmt: skip
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+        with self._conn() as conn, immediate(conn):
+            last = conn.execute("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1").fetchone()
+            seq = (last["seq"] + 1) if last else 1
+            prev = last["hash"] if last else GENESIS
+            at = datetime.now(UTC).isoformat(timespec="microseconds")
+            digest = self._sign(_canonical(seq, at, principal, purpose, action, record_ids, qhash, detail, prev))
+            conn.execute(
+                "INSERT INTO audit_log (seq, at, principal, purpose, action, record_ids_json, query_sha256, "
+                "detail_json, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (seq, at, principal, purpose, action, json.dumps(list(record_ids)), qhash,
+                 json.dumps(detail, sort_keys=True), prev, digest),
+            )  # fmt: skip
         self._write_anchor(seq, digest)
         return AuditEvent(
             seq=seq,
