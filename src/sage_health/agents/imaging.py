@@ -30,7 +30,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict
 
 from sage_health.agents.base import AgentContext
-from sage_health.agents.types import ImageFinding, ImageQuality, ImagingResult
+from sage_health.agents.types import ImageFinding, ImagingResult
 from sage_health.core.errors import ModelLoadError, StudyInputError
 from sage_health.models.imaging.encoder import BACKEND, ImageEncoder, MonaiDenseNetImageEncoder
 from sage_health.models.imaging.quality import ImageCheck, check_image, is_frontal
@@ -160,7 +160,7 @@ class ImagingAgent:
         for check in checks:
             if not check.readable:
                 raise StudyInputError(check.problems[0] if check.problems else f"{check.path}: unreadable image")
-        images = tuple(ImageQuality.model_validate(c.model_dump()) for c in checks)
+        images = tuple(checks)
         usable = [c for c in checks if c.usable]
         if not usable:
             detail = "; ".join(f"{c.image_id}: {_blocking(c)}" for c in checks)

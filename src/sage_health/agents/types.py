@@ -10,6 +10,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from sage_health.models.imaging.quality import ImageCheck
+
 EvidenceKind = Literal["similar_report", "patient_history", "knowledge", "image_finding"]
 ReportSection = Literal["findings", "impression"]
 
@@ -30,21 +32,8 @@ class EvidenceItem(BaseModel):
     """Report section the text comes from (``findings``, ``impression``, …) where known."""
 
 
-class ImageQuality(BaseModel):
-    """Quality checks of one input image. ``usable`` is False when any blocking check failed."""
-
-    model_config = ConfigDict(frozen=True)
-
-    path: str
-    image_id: str
-    readable: bool
-    grayscale: bool | None = None
-    width: int | None = None
-    height: int | None = None
-    view: str | None = None
-    """PA / AP / LATERAL / Frontal / Lateral, or None when unknown."""
-    usable: bool = False
-    problems: tuple[str, ...] = ()
+ImageQuality = ImageCheck
+"""Quality checks of one input image (defined with the checks in :mod:`sage_health.models.imaging.quality`)."""
 
 
 class ImageFinding(BaseModel):

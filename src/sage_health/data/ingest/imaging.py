@@ -82,7 +82,7 @@ _PIL_ERRORS: tuple[type[BaseException], ...] = (
 # binary value whose length is not a multiple of its item size), ValueError/TypeError/KeyError/IndexError
 # (undecodable values, bad VRs, malformed sequences) and NotImplementedError (unknown encodings). Only the
 # structural ones have messages safe to show (no data values in them).
-_DICOM_ERRORS: tuple[type[BaseException], ...] = (
+DICOM_ERRORS: tuple[type[BaseException], ...] = (
     InvalidDicomError,
     BytesLengthException,
     OSError,
@@ -95,7 +95,7 @@ _DICOM_ERRORS: tuple[type[BaseException], ...] = (
     IndexError,
     NotImplementedError,
 )
-_DICOM_SAFE_MESSAGES: tuple[type[BaseException], ...] = (
+DICOM_SAFE_MESSAGES: tuple[type[BaseException], ...] = (
     InvalidDicomError,
     OSError,
     EOFError,
@@ -297,7 +297,7 @@ def _tag_text(tag: int) -> str:
 
 
 def _safe_reason(exc: BaseException) -> str:
-    if isinstance(exc, _DICOM_SAFE_MESSAGES):
+    if isinstance(exc, DICOM_SAFE_MESSAGES):
         first = str(exc).splitlines()[0] if str(exc) else ""
         return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
     return type(exc).__name__  # conversion errors may quote data values (PHI): name the type only
@@ -316,7 +316,7 @@ def _read_dicom(path: Path) -> Dataset:
             raise IngestionError(
                 f"truncated DICOM: the deflated data set is incomplete ({exc})", path=str(path)
             ) from exc
-        except _DICOM_ERRORS as exc:
+        except DICOM_ERRORS as exc:
             raise IngestionError(f"unreadable DICOM ({_safe_reason(exc)})", path=str(path)) from exc
     for warning in caught:
         if "end of file" in str(warning.message).lower():
@@ -491,7 +491,7 @@ class DicomConnector:
             warnings.simplefilter("ignore")
             try:
                 record = self._record(ds, path, file_sha256, ctx)
-            except _DICOM_ERRORS as exc:
+            except DICOM_ERRORS as exc:
                 raise IngestionError(f"malformed DICOM ({_safe_reason(exc)})", path=str(path)) from exc
         if record is not None:
             yield record

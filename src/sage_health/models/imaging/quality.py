@@ -69,32 +69,19 @@ _PIL_ERRORS: Final[tuple[type[BaseException], ...]] = (
 
 
 def _pydicom_errors() -> tuple[tuple[type[BaseException], ...], tuple[type[BaseException], ...]]:
-    """(every error pydicom raises on malformed input or undecodable pixels, those whose message is safe to show)."""
-    from pydicom.errors import BytesLengthException, InvalidDicomError
+    """(every error pydicom raises on malformed input or undecodable pixels, those whose message is safe to show):
+    the ingest connector's lists plus what pixel decoding adds."""
+    from sage_health.data.ingest.imaging import DICOM_ERRORS, DICOM_SAFE_MESSAGES
 
-    every = (
-        InvalidDicomError,
-        BytesLengthException,
-        OSError,
-        EOFError,
-        struct.error,
-        zlib.error,
-        ValueError,
-        TypeError,
-        KeyError,
-        IndexError,
-        AttributeError,
-        NotImplementedError,
-        RuntimeError,
-    )
+    every = (*DICOM_ERRORS, AttributeError, RuntimeError)
     # Conversion errors (ValueError, TypeError, ...) may quote header values: only their type is shown.
-    safe = (InvalidDicomError, OSError, EOFError, struct.error, zlib.error, NotImplementedError, RuntimeError)
+    safe = (*DICOM_SAFE_MESSAGES, NotImplementedError, RuntimeError)
     return every, safe
 
 
 class ImageCheck(BaseModel):
-    """Quality checks of one image; the fields of ``agents.types.ImageQuality``. ``usable`` is False when any
-    blocking check failed."""
+    """Quality checks of one image (the agents layer exposes it as ``agents.types.ImageQuality``). ``usable`` is
+    False when any blocking check failed."""
 
     model_config = ConfigDict(frozen=True)
 
