@@ -38,14 +38,25 @@ PEER_EMBED_BATCH = 32  # our MiniLMEmbedder batch size, used by the "LlamaIndex 
 # ---------------------------------------------------------------------- children
 
 
+def _embedder(args: argparse.Namespace) -> Any:
+    """Our embedder for this child: ``minilm`` (torch, bf16 where native) or ``minilm-onnx`` (onnxruntime; the
+    one-time ONNX export is cached in the benchmark work dir and runs in its own subprocess, outside this one)."""
+    from sage_health.data.embed import build_embedder
+
+    return build_embedder(args.embedder, cache_dir=c.WORK_DIR / "onnx")
+
+
+def _describe(inner: Any) -> str:
+    return f"{type(inner).__name__} precision={inner.precision} batch_size={inner.batch_size}"
+
+
 def _child_ours_full(args: argparse.Namespace) -> dict[str, Any]:
-    from sage_health.data.embed import MiniLMEmbedder
     from sage_health.data.ingest.pipeline import IngestPipeline
     from sage_health.data.store.sqlite import SqliteDocumentStore
 
     store_path = Path(args.store)
     shutil.rmtree(store_path.parent, ignore_errors=True)
-    inner = MiniLMEmbedder()
+    inner = _embedder(args)
     t0 = time.perf_counter()
     inner.embed(["warm-up"])  # load the model outside the measured run (reported separately)
     load_seconds = time.perf_counter() - t0
@@ -58,6 +69,8 @@ def _child_ours_full(args: argparse.Namespace) -> dict[str, Any]:
     raw_tps = embedder.texts / embedder.seconds if embedder.seconds else 0.0
     return {
         "role": "ours-full",
+        "embedder": _describe(inner),
+        "torch_imported": "torch" in sys.modules,
         "data_dir": args.data,
         "files_ingested": total.files,
         "files_failed": report.failed_files,
@@ -94,14 +107,13 @@ def _load_sample(path: str) -> dict[str, Any]:
 
 def _child_ours_sample(args: argparse.Namespace) -> dict[str, Any]:
     from sage_health.core.hashing import sha256_text
-    from sage_health.data.embed import MiniLMEmbedder
     from sage_health.data.schema import record_from_json
     from sage_health.data.store.sqlite import SqliteDocumentStore
 
     sample = _load_sample(args.sample)
     store_path = Path(args.store)
     shutil.rmtree(store_path.parent, ignore_errors=True)
-    inner = MiniLMEmbedder()
+    inner = _embedder(args)
     t0 = time.perf_counter()
     inner.embed(["warm-up"])
     load_seconds = time.perf_counter() - t0
@@ -116,7 +128,8 @@ def _child_ours_sample(args: argparse.Namespace) -> dict[str, Any]:
         stored = {sha256_text(r[0]) for r in store.connection.execute("SELECT text FROM chunks")}
     expected = {sha256_text(ch["text"]) for ch in sample["chunks"]}
     return {
-        "role": "ours",
+        "role": "ours" if args.embedder == "minilm" else f"ours ({args.embedder})",
+        "torch_imported": "torch" in sys.modules,
         "records": len(records),
         "chunks": chunks,
         "same_chunk_texts_as_sample": stored == expected,
@@ -126,7 +139,7 @@ def _child_ours_sample(args: argparse.Namespace) -> dict[str, Any]:
         "model_load_seconds": round(load_seconds, 2),
         "chunks_per_s": round(chunks / seconds, 1),
         "peak_rss_mib": round(c.self_peak_rss_mib(), 1),
-        "embedder": f"MiniLMEmbedder precision={inner.precision} batch_size={inner.batch_size}",
+        "embedder": _describe(inner),
     }
 
 
@@ -297,6 +310,8 @@ def main() -> None:
     parser.add_argument("--persist")
     parser.add_argument("--result")
     parser.add_argument("--skip-peers", action="store_true", help="only the full ingest")
+    parser.add_argument("--embedder", default="minilm", help="child: our embedder (minilm | minilm-onnx)")
+    parser.add_argument("--skip-onnx", action="store_true", help="parent: skip the minilm-onnx rows")
     args = parser.parse_args()
     c.setup_env()
     if args.child:
@@ -326,6 +341,16 @@ def main() -> None:
         f"ratio {full['ratio_pipeline_chunks_per_s_to_raw_embed_texts_per_s']})",
         flush=True,
     )
+    full_onnx: dict[str, Any] | None = None
+    if not args.skip_onnx:
+        print("[ingest] full ingest with the minilm-onnx embedder (child process)...", flush=True)
+        full_onnx = c.run_child(
+            script,
+            ["--child", "ours-full", "--embedder", "minilm-onnx", "--store", str(work / "onnx-store" / "sage.db"),
+             "--data", str(data)],
+            work / "full-onnx.json",
+        )  # fmt: skip
+        print(f"[ingest] onnx: {full_onnx['chunks_per_s']} chunks/s, peak RSS {full_onnx['peak_rss_mib']} MiB")
     peers: list[dict[str, Any]] = []
     sample_info: dict[str, Any] | None = None
     if not args.skip_peers:
@@ -343,6 +368,15 @@ def main() -> None:
                 flush=True,
             )
             peers.append(row)
+        if not args.skip_onnx:
+            row = c.run_child(
+                script,
+                ["--child", "ours-sample", "--embedder", "minilm-onnx", "--sample", str(sample_path), "--store",
+                 str(work / "sample-store-onnx" / "sage.db")],
+                work / "ours-sample-onnx.json",
+            )  # fmt: skip
+            print(f"[ingest] {row['role']}: {row['chunks_per_s']} chunks/s, peak RSS {row['peak_rss_mib']} MiB")
+            peers.append(row)
     print("[ingest] seeding the embedding cache from the ingest store (for the other benchmarks)...", flush=True)
     seeded = c.seed_cache_from_store(c.INGEST_STORE, c.EMBED_CACHE)
 
@@ -358,6 +392,16 @@ def main() -> None:
         targets["rss_le_half"] = targets["rss_ratio_vs_llamaindex_hf"] <= 0.5
         targets["speedup_vs_llamaindex_our_embedder"] = round(ours["chunks_per_s"] / peers[2]["chunks_per_s"], 2)
         targets["rss_ratio_vs_llamaindex_our_embedder"] = round(ours["peak_rss_mib"] / peers[2]["peak_rss_mib"], 3)
+        onnx_rows = [p for p in peers if p["role"] == "ours (minilm-onnx)"]
+        if onnx_rows:
+            onnx = onnx_rows[0]
+            targets["onnx_speedup_vs_llamaindex_hf"] = round(onnx["chunks_per_s"] / hf["chunks_per_s"], 2)
+            targets["onnx_speedup_ge_2x"] = targets["onnx_speedup_vs_llamaindex_hf"] >= 2.0
+            targets["onnx_rss_ratio_vs_llamaindex_hf"] = round(onnx["peak_rss_mib"] / hf["peak_rss_mib"], 3)
+            targets["onnx_rss_le_half"] = targets["onnx_rss_ratio_vs_llamaindex_hf"] <= 0.5
+    targets["full_ingest_peak_rss_le_2048_mib"] = full["peak_rss_mib"] <= 2048
+    if full_onnx is not None:
+        targets["onnx_full_ingest_peak_rss_le_2048_mib"] = full_onnx["peak_rss_mib"] <= 2048
     payload = {
         "benchmark": "ingest",
         "machine": info,
@@ -371,6 +415,7 @@ def main() -> None:
             "embedding_cache": "not used (raw throughput measurement)",
         },
         "full_ingest": full,
+        "full_ingest_onnx": full_onnx,
         "peers": peers,
         "targets": targets,
         "embedding_cache_seeded_vectors": seeded,
@@ -383,18 +428,22 @@ def main() -> None:
         c.md_table(
             [
                 {
-                    "files": full["files_ingested"],
-                    "records": full["records"],
-                    "chunks": full["chunks"],
-                    "embedded texts": full["embedded_texts"],
-                    "seconds": full["pipeline_seconds"],
-                    "records/s": full["records_per_s"],
-                    "chunks/s": full["chunks_per_s"],
-                    "raw embedder texts/s": full["raw_embed_texts_per_s"],
-                    "ratio (target >= 0.8)": full["ratio_pipeline_chunks_per_s_to_raw_embed_texts_per_s"],
-                    "embed share of time": full["embed_share_of_pipeline_time"],
-                    "peak RSS MiB": full["peak_rss_mib"],
+                    "embedder": f["embedder"],
+                    "torch in process": f["torch_imported"],
+                    "files": f["files_ingested"],
+                    "records": f["records"],
+                    "chunks": f["chunks"],
+                    "embedded texts": f["embedded_texts"],
+                    "seconds": f["pipeline_seconds"],
+                    "records/s": f["records_per_s"],
+                    "chunks/s": f["chunks_per_s"],
+                    "raw embedder texts/s": f["raw_embed_texts_per_s"],
+                    "ratio (target >= 0.8)": f["ratio_pipeline_chunks_per_s_to_raw_embed_texts_per_s"],
+                    "embed share of time": f["embed_share_of_pipeline_time"],
+                    "peak RSS MiB (target <= ~2048)": f["peak_rss_mib"],
                 }
+                for f in (full, full_onnx)
+                if f is not None
             ]
         ),
         "\nRaw embedder throughput = texts embedded / seconds inside `embed()` in the same run (model load "
@@ -423,8 +472,15 @@ def main() -> None:
             f"{targets['speedup_vs_llamaindex_hf']}x "
             f"({'met' if targets['speedup_ge_2x'] else 'MISSED'}); ours <= half its peak RSS: ratio "
             f"{targets['rss_ratio_vs_llamaindex_hf']} ({'met' if targets['rss_le_half'] else 'MISSED'}). "
-            "Model load and one warm-up call are excluded from every row's seconds. Network attempts by LlamaIndex: "
-            f"{[p.get('network_attempts') for p in peers[1:]]}.\n",
+            + (
+                f"With the minilm-onnx embedder: {targets['onnx_speedup_vs_llamaindex_hf']}x "
+                f"({'met' if targets['onnx_speedup_ge_2x'] else 'MISSED'}), RSS ratio "
+                f"{targets['onnx_rss_ratio_vs_llamaindex_hf']} ({'met' if targets['onnx_rss_le_half'] else 'MISSED'}). "
+                if "onnx_speedup_vs_llamaindex_hf" in targets
+                else ""
+            )
+            + "Model load and one warm-up call are excluded from every row's seconds. Network attempts by LlamaIndex: "
+            f"{[p.get('network_attempts') for p in peers if p['role'].startswith('llamaindex')]}.\n",
         ]
     c.write_results("ingest", payload, "\n".join(md))
     print(json.dumps(targets), flush=True)

@@ -23,6 +23,8 @@ from typing import Any
 import _common as c
 from sage_health.apps.radiology.evaluation import PUBLISHED, run_radiology_eval
 from sage_health.core.config import Settings
+from sage_health.data.governance.access import open_governed
+from sage_health.data.store.factory import open_store
 from sage_health.models.evaluation.harness import write_r2gen_splits
 from sage_health.models.evaluation.labeler import CheXpertLabeler
 from sage_health.models.evaluation.reporting import metric_value
@@ -66,8 +68,13 @@ def main() -> int:
         if done % 10 == 0 or done == total:
             print(f"{system}: {done}/{total} ({time.perf_counter() - started:.0f} s)", flush=True)
 
+    # the benchmark acts as the built-in data steward (operations): evaluation is allowed, the view is identified
+    governed = open_governed(
+        settings, open_store(settings, must_exist=False), principal="data_steward", purpose="operations"
+    )
     results = run_radiology_eval(
         settings=settings,
+        governed=governed,
         registry=registry,
         train_file=splits["train"],
         test_file=splits["val"],

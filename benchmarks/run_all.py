@@ -1,11 +1,12 @@
 """Run every benchmark in order (``make bench``): ingest, retrieval quality, search latency, labeler
-validation, generator backends, generation/QA baselines, the radiology workflow.
+validation, generator backends, generation/QA baselines, the radiology workflow, de-identification.
 
 The ingest benchmark runs first: its store is reused by the latency benchmark, and its vectors seed the
 embedding cache (benchmarks/.work/embed-cache.db) so the retrieval and latency stores need no model calls.
 Each benchmark writes results/<date>_<name>.json + .md and results/latest_<name>.json + .md.
 
-``--only NAME`` runs one benchmark (ingest | retrieval | latency | labeler | generators | baselines | radiology).
+``--only NAME`` runs one benchmark (ingest | retrieval | latency | labeler | generators | baselines | radiology |
+deid).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import _common as c
 
-BENCHMARKS = ("ingest", "retrieval", "latency", "labeler", "generators", "baselines", "radiology")
+BENCHMARKS = ("ingest", "retrieval", "latency", "labeler", "generators", "baselines", "radiology", "deid")
 
 
 def main() -> int:

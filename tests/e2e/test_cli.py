@@ -13,7 +13,10 @@ from typer.testing import CliRunner
 from sage_health.interfaces.cli import app
 
 pytestmark = [pytest.mark.e2e]
-runner = CliRunner()
+# commands act as the built-in clinician for treatment (SAGE_PRINCIPAL / SAGE_PURPOSE) unless they name another
+runner = CliRunner(env={"SAGE_PRINCIPAL": "clinician", "SAGE_PURPOSE": "treatment"})
+STEWARD = ["--as", "data_steward", "--purpose", "operations"]
+CLINICIAN = ["--as", "clinician", "--purpose", "treatment"]
 
 
 def _iu_lines(data_dir: Path, n: int) -> list[str]:
@@ -34,25 +37,28 @@ def cli_store(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
     for bundle in sorted((data_dir / "synthea_fhir_r4" / "bundles").glob("*.json"))[:3]:
         shutil.copy(bundle, src / bundle.name)
     store = root / "store"
-    result = runner.invoke(app, ["ingest", str(src), "--store", str(store), "--json"])
+    result = runner.invoke(app, ["ingest", str(src), "--store", str(store), *STEWARD, "--json"])
     assert result.exit_code == 0, result.output
     return store
 
 
 def test_ingest_reports_counts_and_is_idempotent(cli_store: Path, tmp_path: Path) -> None:
-    stats = json.loads(runner.invoke(app, ["stats", "--store", str(cli_store), "--json"]).stdout)
+    stats = json.loads(runner.invoke(app, ["stats", "--store", str(cli_store), *STEWARD, "--json"]).stdout)
     assert stats["by_type"]["DiagnosticReport"] >= 60
     assert stats["by_type"]["KnowledgeDocument"] == 100
     assert stats["by_type"]["QAItem"] == 100
     assert stats["by_type"]["Patient"] == 3
     assert stats["chunks"] == stats["vectors"]
     files = stats["files"]
-    again = runner.invoke(app, ["ingest", str(cli_store.parent / "src"), "--store", str(cli_store), "--json"])
+    again = runner.invoke(app, ["ingest", str(cli_store.parent / "src"), "--store", str(cli_store), *STEWARD, "--json"])
     assert again.exit_code == 0
     report = json.loads(again.stdout)
     assert report["total"]["inserted"] == report["total"]["updated"] == 0
     assert {s["reason"] for s in report["skipped"]} == {"unchanged since a completed ingest"}
-    assert json.loads(runner.invoke(app, ["stats", "--store", str(cli_store), "--json"]).stdout)["files"] == files
+    assert (
+        json.loads(runner.invoke(app, ["stats", "--store", str(cli_store), *STEWARD, "--json"]).stdout)["files"]
+        == files
+    )
 
 
 def test_search_json_has_scores_and_provenance(cli_store: Path) -> None:
@@ -80,7 +86,9 @@ def test_search_json_has_scores_and_provenance(cli_store: Path) -> None:
 
 def test_search_filters_patient_dates_and_timeline(cli_store: Path) -> None:
     patients = json.loads(
-        runner.invoke(app, ["search", "patient", "--store", str(cli_store), "--type", "Patient", "--json"]).stdout
+        runner.invoke(
+            app, ["search", "patient", "--store", str(cli_store), "--type", "Patient", *CLINICIAN, "--json"]
+        ).stdout
     )
     pid = patients[0]["patient_id"]
     result = runner.invoke(
@@ -121,14 +129,16 @@ def test_show_prints_record_provenance_and_chunks(cli_store: Path) -> None:
             ["search", "cardiomegaly", "--store", str(cli_store), "-k", "1", "--type", "DiagnosticReport", "--json"],
         ).stdout
     )[0]
-    shown = json.loads(runner.invoke(app, ["show", hit["record_id"], "--store", str(cli_store), "--json"]).stdout)
+    shown = json.loads(
+        runner.invoke(app, ["show", hit["record_id"], "--store", str(cli_store), *CLINICIAN, "--json"]).stdout
+    )
     assert shown["record"]["id"] == hit["record_id"]
     assert shown["record"]["provenance"]["locator"] == hit["provenance"]["locator"]
     assert shown["chunks"]
     assert shown["history"][0]["version"] == 1
-    text = runner.invoke(app, ["show", hit["record_id"], "--store", str(cli_store)])
+    text = runner.invoke(app, ["show", hit["record_id"], "--store", str(cli_store), *CLINICIAN])
     assert "provenance" in text.stdout
-    missing = runner.invoke(app, ["show", "iu-xray/DiagnosticReport/999999", "--store", str(cli_store)])
+    missing = runner.invoke(app, ["show", "iu-xray/DiagnosticReport/999999", "--store", str(cli_store), *CLINICIAN])
     assert missing.exit_code == 1
     assert "not found" in missing.stderr
 
@@ -142,7 +152,7 @@ def test_doctor_reports_healthy_store(cli_store: Path) -> None:
 
 
 def test_missing_store_is_a_clear_error(tmp_path: Path) -> None:
-    result = runner.invoke(app, ["search", "x", "--store", str(tmp_path / "nope")])
+    result = runner.invoke(app, ["search", "x", "--store", str(tmp_path / "nope"), *CLINICIAN])
     assert result.exit_code == 1
     assert "no store at" in result.stderr
     assert "sage-health ingest" in result.stderr
@@ -160,7 +170,7 @@ def test_bad_input_one_line_each_rest_continues_nothing_partial(data_dir: Path, 
     png = next((data_dir / "nih_chestxray14_samples" / "images").glob("*.png")).read_bytes()
     (src / "cut.png").write_bytes(png[: len(png) // 3])
     store = tmp_path / "store"
-    result = runner.invoke(app, ["ingest", str(src), "--store", str(store)], env={"SAGE_MAX_FILE_MB": "0.02"})
+    result = runner.invoke(app, ["ingest", str(src), "--store", str(store), *STEWARD], env={"SAGE_MAX_FILE_MB": "0.02"})
     assert result.exit_code == 2, result.output
     lines = [ln for ln in result.stderr.splitlines() if ln.startswith("rejected")]
     joined = "\n".join(lines)

@@ -20,7 +20,8 @@ from sage_health.models.generation.base import ChatMessage, GenerationParams
 from sage_health.models.generation.transformers_backend import SmolLMGenerator
 
 pytestmark = [pytest.mark.e2e]
-runner = CliRunner()
+# acting as the built-in admin (SAGE_PRINCIPAL / SAGE_PURPOSE) unless a command names another principal
+runner = CliRunner(env={"SAGE_PRINCIPAL": "admin", "SAGE_PURPOSE": "operations"})
 
 
 def _ok(args: list[str]) -> dict[str, object] | list[object]:
@@ -62,7 +63,10 @@ def test_register_evaluate_promote_gate_and_rollback(data_dir: Path, tmp_path: P
     )
     assert isinstance(split, dict)
     train, val = split["train"]["path"], split["val"]["path"]  # type: ignore[index]
-    _ok(["models", "register", "cxr", "--backend", "extractive", "--store", store, "--by", "alice", "--json"])
+    for name in ("alice", "bob"):
+        _ok(["principals", "add", name, "--role", "admin", "--store", store, "--json"])
+    alice = ["--as", "alice", "--purpose", "operations"]
+    _ok(["models", "register", "cxr", "--backend", "extractive", "--store", store, *alice, "--by", "alice", "--json"])
     _ok(["models", "register", "cxr", "--backend", "extractive", "--exemplars", "1", "--store", store, "--json"])
 
     def evaluate(ref: str) -> dict[str, object]:
@@ -74,14 +78,30 @@ def test_register_evaluate_promote_gate_and_rollback(data_dir: Path, tmp_path: P
     first = evaluate("cxr@1")
     assert first["model"] == "cxr@1"
     assert Path(first["report"]["html"]).is_file()  # type: ignore[index]
-    _ok(["models", "promote", "cxr@1", "--store", store, "--by", "alice", "--json"])
+    _ok(["models", "promote", "cxr@1", "--store", store, *alice, "--json"])
+    impostor = runner.invoke(app, ["models", "promote", "cxr@2", "--store", store, *alice, "--by", "bob"])
+    assert impostor.exit_code == 1
+    assert "differs from the acting principal 'alice'" in impostor.output
     refused = runner.invoke(app, ["models", "promote", "cxr@2", "--store", store])
     assert refused.exit_code == 1
     assert "refusing to promote cxr@2" in refused.output
     second = evaluate("cxr@2")
     assert second["eval_set"] == first["eval_set"]
     promoted = _ok(
-        ["models", "promote", "cxr@2", "--store", store, "--by", "bob", "--reason", "nn beats lead", "--json"]
+        [
+            "models",
+            "promote",
+            "cxr@2",
+            "--store",
+            store,
+            "--as",
+            "bob",
+            "--purpose",
+            "operations",
+            "--reason",
+            "nn beats lead",
+            "--json",
+        ]
     )
     assert isinstance(promoted, dict)
     assert promoted["stage"] == "production"
@@ -122,7 +142,9 @@ def test_serve_command_answers_openai_requests_with_smollm2(tmp_path: Path, smol
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = os.environ | {"SAGE_MODEL_CACHE_DIR": str(smollm2_cache)}
+    # the server acts for the built-in clinician when a request names no principal (X-Sage-Principal)
+    env = os.environ | {"SAGE_MODEL_CACHE_DIR": str(smollm2_cache), "SAGE_PRINCIPAL": "clinician",
+                        "SAGE_PURPOSE": "treatment"}  # fmt: skip
     cmd = [sys.executable, "-m", "sage_health.interfaces.cli", "serve", "--port", str(port), "--store", str(tmp_path)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:

@@ -19,6 +19,8 @@ from sage_health.data.feedback import FeedbackStore
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
+STEWARD = ["--as", "data_steward", "--purpose", "operations"]
+ADMIN = ["--as", "admin", "--purpose", "operations"]
 STEPS = ["plan", "retrieve", "screen", "imaging", "write", "verify", "safety"]
 
 
@@ -32,6 +34,8 @@ def _env(store: Path, models: Path, **extra: str) -> dict[str, str]:
             "TRANSFORMERS_OFFLINE": "1",
             "OMP_WAIT_POLICY": "PASSIVE",
             "COLUMNS": "250",  # Rich wraps at the terminal width (80 without a terminal)
+            "SAGE_PRINCIPAL": "clinician",  # commands act as the built-in clinician unless they name another
+            "SAGE_PURPOSE": "treatment",
             **extra,
         }
     )
@@ -70,7 +74,7 @@ def study_store(data_dir: Path, tmp_path_factory: pytest.TempPathFactory, smollm
     store = root / "store"
     env = _env(store, smollm2_cache)
     # NIH samples (labels.csv sidecar) give the image model both classes of some observations
-    result = _cli(["ingest", str(corpus), str(data_dir / "nih_chestxray14_samples" / "images")], env)
+    result = _cli(["ingest", str(corpus), str(data_dir / "nih_chestxray14_samples" / "images"), *STEWARD], env)
     assert result.returncode == 0, result.stderr[-2000:]
     return {"store": store, "env": env, "root": root}
 
@@ -96,7 +100,23 @@ def test_draft_edit_approve_and_trace(study_store: dict[str, object]) -> None:
         "IMPRESSION: No acute cardiopulmonary abnormality.\n",
         encoding="utf-8",
     )
-    review = _json(["radiology", "review", run_id, "--edit-file", str(edited), "--approve", "--signer", "dr-e2e"], env)
+    _json(["principals", "add", "dr-e2e", "--role", "clinician", *ADMIN], env)
+    review = _json(
+        [
+            "radiology",
+            "review",
+            run_id,
+            "--edit-file",
+            str(edited),
+            "--approve",
+            "--as",
+            "dr-e2e",
+            "--signer",
+            "dr-e2e",
+        ],
+        env,
+    )
+    assert review["signer"] == "dr-e2e"
     assert review["status"] == "approved"
     assert review["record_id"] == f"sage-radiology/DiagnosticReport/{run_id}"
     assert "+IMPRESSION: No acute cardiopulmonary abnormality." in str(review["diff"])
@@ -157,7 +177,7 @@ def test_killed_run_resumes_from_last_finished_step(study_store: dict[str, objec
 def test_study_with_a_trained_image_model(study_store: dict[str, object]) -> None:
     env = study_store["env"]
     assert isinstance(env, dict)
-    trained = _json(["train", "image-model", "--image-size", "32", "--epochs", "1"], env)
+    trained = _json(["train", "image-model", "--image-size", "32", "--epochs", "1", *ADMIN], env)
     assert trained["n_train"] or trained.get("n_heldout") is not None
     # a 1-epoch model has no validated held-out AUROC: the default gate (0.7) makes the agent abstain
     gated = _json(["radiology", "draft", "--study-id", "iu-xray/DiagnosticReport/1900", "--model", "extractive"], env)

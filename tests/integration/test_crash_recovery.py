@@ -36,7 +36,8 @@ def _committed(db: Path) -> int:
 
 
 def _ingest_cmd(src: Path, store: Path) -> list[str]:
-    return [sys.executable, "-m", "sage_health.interfaces.cli", "ingest", str(src), "--store", str(store), "--json"]
+    return [sys.executable, "-m", "sage_health.interfaces.cli", "ingest", str(src), "--store", str(store),
+            "--as", "data_steward", "--purpose", "operations", "--json"]  # fmt: skip
 
 
 def test_kill_9_mid_ingest_then_rerun(data_dir: Path, tmp_path: Path, embedder: MiniLMEmbedder) -> None:

@@ -27,6 +27,7 @@ from sage_health.core.config import Settings
 from sage_health.core.errors import ModelLoadError, StudyInputError
 from sage_health.core.hashing import sha256_file
 from sage_health.data.embed import MiniLMEmbedder
+from sage_health.data.governance.access import open_governed
 from sage_health.data.ingest.pipeline import IngestPipeline
 from sage_health.data.store.sqlite import SqliteDocumentStore
 from sage_health.interfaces.cli_imaging import train_app
@@ -283,7 +284,7 @@ def test_missing_or_changed_weights_fail_with_a_fix(env: Env, tmp_path: Path, da
 
 def _ctx(env: Env, **overrides: Any) -> AgentContext:
     settings = env.settings.model_copy(update={"image_model": "cxr-test", **overrides})
-    return AgentContext.create(settings, env.store)
+    return AgentContext.create(settings, open_governed(settings, env.store, principal="clinician", purpose="treatment"))
 
 
 def test_agent_reports_only_confident_trained_observations(env: Env, data_dir: Path) -> None:
@@ -365,7 +366,7 @@ def test_agent_abstains_when_unsure(env: Env, data_dir: Path) -> None:
 def test_agent_abstains_without_a_model_or_images(env: Env, data_dir: Path, tmp_path: Path) -> None:
     image = str(data_dir / "iu_xray" / "images" / "CXR3_IM-1384-1001.png")
     empty = env.settings.model_copy(update={"store": tmp_path / "no-models"})
-    ctx = AgentContext.create(empty, env.store)
+    ctx = AgentContext.create(empty, open_governed(empty, env.store, principal="clinician", purpose="treatment"))
     result = ImagingAgent().run(ImagingInput(image_paths=(image,)), ctx)
     assert (result.abstained, result.reason, result.findings) == (True, NO_MODEL_REASON, ())
     assert [q.image_id for q in result.images] == ["CXR3_IM-1384-1001"]
@@ -405,8 +406,11 @@ def test_cli_trains_and_reports(env: Env, monkeypatch: pytest.MonkeyPatch, tmp_p
     monkeypatch.setenv("SAGE_DATA_DIR", str(env.settings.data_dir))
     app = typer.Typer()
     app.add_typer(train_app, name="train")
-    runner = CliRunner()
+    runner = CliRunner(env={"SAGE_PRINCIPAL": "admin", "SAGE_PURPOSE": "operations"})
     args = ["train", "image-model", "--store", str(env.settings.store), "--epochs", "1", "--image-size", "32"]
+    refused = runner.invoke(app, [*args, "--as", "clinician", "--purpose", "treatment"])
+    assert refused.exit_code == 1
+    assert "may not train" in refused.output
     res = runner.invoke(app, [*args, "--limit", "10", "--name", "cxr-cli", "--seed", "3", "--json"])
     assert res.exit_code == 0, res.output
     payload = json.loads(res.stdout)

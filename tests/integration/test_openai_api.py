@@ -60,7 +60,8 @@ class _Server:
 @pytest.fixture(scope="module")
 def settings(tmp_path_factory: pytest.TempPathFactory, tiny_lm_dir: Path) -> Settings:
     store = tmp_path_factory.mktemp("api-store")
-    s = Settings(store=store, api_key=SecretStr("test-key"))
+    # the server acts for the built-in clinician unless a request sends X-Sage-Principal / X-Sage-Purpose
+    s = Settings(store=store, api_key=SecretStr("test-key"), principal="clinician", purpose="treatment")
     ModelRegistry(s.db_path).register(
         "tiny",
         backend="transformers",

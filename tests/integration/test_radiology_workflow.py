@@ -22,9 +22,10 @@ from sage_health.apps.radiology.workflow import (
     review_draft,
 )
 from sage_health.core.config import Settings
-from sage_health.core.errors import EvaluationError, RunStateError, StudyInputError
+from sage_health.core.errors import EvaluationError, PolicyViolation, RunStateError, StudyInputError
 from sage_health.data.embed import MiniLMEmbedder
 from sage_health.data.feedback import FeedbackStore
+from sage_health.data.governance.access import GovernedStore, open_governed
 from sage_health.data.ingest.pipeline import IngestPipeline
 from sage_health.data.schema import DiagnosticReport
 from sage_health.data.store.protocol import SearchFilters
@@ -77,7 +78,11 @@ def ctx(
     with SqliteDocumentStore(settings.db_path, embedder) as store:
         report = IngestPipeline(store).run([corpus])
         assert not report.problems, [p.line() for p in report.problems]
-        yield AgentContext.create(settings, store)
+        yield AgentContext.create(settings, open_governed(settings, store, principal="clinician", purpose="treatment"))
+
+
+def _steward(ctx: AgentContext) -> GovernedStore:
+    return open_governed(ctx.settings, ctx.store.store, principal="data_steward", purpose="operations")
 
 
 def _patient_id(ctx: AgentContext) -> str:
@@ -125,7 +130,10 @@ def test_draft_cites_evidence_excludes_own_report_and_pauses_for_review(ctx: Age
 def test_approve_with_edit_stores_signed_report_and_feedback(ctx: AgentContext) -> None:
     outcome = draft_report(ctx, prepare_request(ctx, indication=None, study_id="iu-xray/DiagnosticReport/1900"))
     edited = report_text(outcome.findings + " Small calcified granuloma in the right upper lobe.", "No acute disease.")
-    result = review_draft(ctx, outcome.run_id, approve=True, edited=edited, signer="dr-test")
+    impostor = review_draft
+    with pytest.raises(PolicyViolation, match="signed by the acting principal"):
+        impostor(ctx, outcome.run_id, approve=True, edited=edited, signer="dr-test")
+    result = review_draft(ctx, outcome.run_id, approve=True, edited=edited, signer="clinician")
     assert result.status == "approved"
     assert result.feedback_kind == "edited"
     assert "+FINDINGS:" in result.diff
@@ -137,7 +145,7 @@ def test_approve_with_edit_stores_signed_report_and_feedback(ctx: AgentContext) 
     assert rec.report_sections.impression == "No acute disease."
     assert "granuloma" in (rec.report_sections.findings or "")
     assert [t.name for t in rec.provenance.transforms] == ["draft", "edit", "sign"]
-    assert rec.provenance.transforms[2].params["signer"] == "dr-test"
+    assert rec.provenance.transforms[2].params["signer"] == "clinician"
     assert rec.provenance.run_id == outcome.run_id
     assert rec.provenance.model_id == "extractive@1"
     assert set(outcome.draft.citations()) <= set(rec.provenance.derived_from)
@@ -153,7 +161,7 @@ def test_approve_with_edit_stores_signed_report_and_feedback(ctx: AgentContext) 
 
 def test_reject_stores_feedback_and_no_report(ctx: AgentContext) -> None:
     outcome = draft_report(ctx, prepare_request(ctx, indication="Cough and fever"))
-    result = review_draft(ctx, outcome.run_id, approve=False, signer="dr-test", reason="wrong laterality")
+    result = review_draft(ctx, outcome.run_id, approve=False, reason="wrong laterality")
     assert result.status == "rejected"
     assert result.record_id is None
     assert ctx.store.get(f"sage-radiology/DiagnosticReport/{outcome.run_id}") is None
@@ -228,6 +236,7 @@ def test_eval_radiology_uses_train_memory_only_and_refuses_leaks(
     registry = ModelRegistry(settings.db_path)
     labeler = CheXpertLabeler.from_data_dir(data_dir)
     results = run_radiology_eval(
+        governed=_steward(ctx),
         settings=settings,
         registry=registry,
         train_file=train,
@@ -261,6 +270,7 @@ def test_eval_radiology_uses_train_memory_only_and_refuses_leaks(
     leaky.write_text("\n".join(json.dumps(r) for r in rows[118:122]) + "\n", encoding="utf-8")
     with pytest.raises(EvaluationError, match="train/test leak"):
         run_radiology_eval(
+            governed=_steward(ctx),
             settings=settings,
             registry=registry,
             train_file=train,
@@ -277,6 +287,17 @@ def test_rest_api_draft_review_and_trace(ctx: AgentContext) -> None:
     from sage_health.interfaces.api import create_app
 
     client = TestClient(create_app(ctx.settings))
+    anonymous = client.post("/v1/radiology/drafts", json={"study_id": "iu-xray/DiagnosticReport/1900"})
+    assert anonymous.status_code == 403
+    assert "no principal given" in anonymous.json()["error"]["message"]
+    client.headers.update({"X-Sage-Principal": "clinician", "X-Sage-Purpose": "treatment"})
+    researcher = client.post(
+        "/v1/radiology/drafts/x/review",
+        json={"approve": True},
+        headers={"X-Sage-Principal": "researcher", "X-Sage-Purpose": "research"},
+    )
+    assert researcher.status_code == 403
+    assert "may not review" in researcher.json()["error"]["message"]
     created = client.post("/v1/radiology/drafts", json={"study_id": "iu-xray/DiagnosticReport/1900"})
     assert created.status_code == 200, created.text
     draft = created.json()
@@ -287,11 +308,12 @@ def test_rest_api_draft_review_and_trace(ctx: AgentContext) -> None:
     assert [s["step"] for s in trace["steps"]] == ["plan", "retrieve", "screen", "imaging", "write", "verify", "safety"]
     reviewed = client.post(
         f"/v1/radiology/drafts/{run_id}/review",
-        json={"approve": True, "signer": "dr-api", "findings": "Lungs are clear.", "impression": "Normal chest."},
+        json={"approve": True, "findings": "Lungs are clear.", "impression": "Normal chest."},
     )
     assert reviewed.status_code == 200, reviewed.text
     assert reviewed.json()["feedback_kind"] == "edited"
-    again = client.post(f"/v1/radiology/drafts/{run_id}/review", json={"approve": True, "signer": "dr-api"})
+    assert reviewed.json()["signer"] == "clinician"
+    again = client.post(f"/v1/radiology/drafts/{run_id}/review", json={"approve": True})
     assert again.status_code == 409
     assert again.json()["error"]["type"] == "RunStateError"
     bad = client.post("/v1/radiology/drafts", json={"indication": " ", "patient_id": None})

@@ -135,12 +135,23 @@ def test_cli_verify_and_show(tmp_path: Path) -> None:
     audit = AuditLog.for_settings(Settings(store=tmp_path))
     for i in range(3):
         audit.append(principal="researcher", purpose="research", action="search", query=f"q{i}")
-    runner = CliRunner()
+    runner = CliRunner(env={"SAGE_PRINCIPAL": "data_steward", "SAGE_PURPOSE": "operations"})
+    denied = runner.invoke(
+        app, ["audit", "verify", "--store", str(tmp_path), "--as", "clinician", "--purpose", "treatment"]
+    )
+    assert denied.exit_code == 1
+    assert "may not audit" in denied.output
     ok = runner.invoke(app, ["audit", "verify", "--store", str(tmp_path), "--json"])
     assert ok.exit_code == 0, ok.output
-    assert json.loads(ok.stdout) == {"ok": True, "events": 3, "first_bad_seq": None, "reason": None, "note": None}
+    # the refused verify is itself an event (a denial), so 4
+    assert json.loads(ok.stdout) == {"ok": True, "events": 4, "first_bad_seq": None, "reason": None, "note": None}
     shown = json.loads(runner.invoke(app, ["audit", "show", "--store", str(tmp_path), "--json"]).stdout)
-    assert [e["query_sha256"] for e in shown] == [query_hash(f"q{i}") for i in range(3)]
+    assert [e["query_sha256"] for e in shown[:3]] == [query_hash(f"q{i}") for i in range(3)]
+    assert (shown[3]["principal"], shown[3]["action"], shown[3]["detail"]["outcome"]) == (
+        "clinician",
+        "audit",
+        "denied",
+    )
     _db(tmp_path).execute("UPDATE audit_log SET action = 'read' WHERE seq = 2")
     bad = runner.invoke(app, ["audit", "verify", "--store", str(tmp_path)])
     assert bad.exit_code == 1

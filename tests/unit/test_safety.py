@@ -36,6 +36,7 @@ from sage_health.agents.types import (
 )
 from sage_health.core.config import Settings
 from sage_health.data.embed import MiniLMEmbedder
+from sage_health.data.governance.access import open_governed
 from sage_health.data.schema import Coding, Patient
 from sage_health.data.store.sqlite import SqliteDocumentStore
 
@@ -383,7 +384,8 @@ def ctx(tmp_path_factory: pytest.TempPathFactory, data_dir: Path, embedder: Mini
                 Patient(id="synthea/Patient/third", source="synthea", given_names=["Zed"], family_name="Quill"),
             ]
         )
-        yield AgentContext.create(Settings(store=root, data_dir=data_dir), store)
+        settings = Settings(store=root, data_dir=data_dir)
+        yield AgentContext.create(settings, open_governed(settings, store, principal="clinician", purpose="treatment"))
 
 
 def test_agent_dispatches_on_input_type_and_inputs_round_trip(ctx: AgentContext) -> None:

@@ -23,6 +23,7 @@ from sage_health.agents.types import (
 from sage_health.agents.verifier import Verifier, VerifierInput, verify
 from sage_health.core.config import Settings
 from sage_health.data.embed import MiniLMEmbedder
+from sage_health.data.governance.access import open_governed
 from sage_health.data.store.sqlite import SqliteDocumentStore
 from sage_health.models.evaluation.labeler import CheXpertLabeler
 
@@ -57,7 +58,8 @@ def s(section: ReportSection, text: str, *citations: str) -> DraftSentence:
 def ctx(tmp_path_factory: pytest.TempPathFactory, data_dir: Path, embedder: MiniLMEmbedder) -> Iterator[AgentContext]:
     root = tmp_path_factory.mktemp("verifier")
     with SqliteDocumentStore(root / "sage.db", embedder) as store:
-        yield AgentContext.create(Settings(store=root, data_dir=data_dir), store)
+        settings = Settings(store=root, data_dir=data_dir)
+        yield AgentContext.create(settings, open_governed(settings, store, principal="clinician", purpose="treatment"))
 
 
 @pytest.fixture(scope="module")

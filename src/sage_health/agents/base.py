@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
 from pydantic import BaseModel
 
 from sage_health.core.config import Settings
-from sage_health.data.store.sqlite import SqliteDocumentStore
+from sage_health.data.governance.access import GovernedStore
 from sage_health.models.catalog import GeneratorPool
 from sage_health.models.evaluation.labeler import CheXpertLabeler
 from sage_health.models.registry import ModelRegistry
@@ -40,7 +40,8 @@ class AgentContext:
     """Shared, lazily built resources of one process. Cheap to construct."""
 
     settings: Settings
-    store: SqliteDocumentStore
+    store: GovernedStore
+    """The governed store of the acting principal: every read, search and write is policy-checked and audited."""
     registry: ModelRegistry
     pool: GeneratorPool
     _labeler: CheXpertLabeler | None = field(default=None, repr=False)
@@ -48,7 +49,7 @@ class AgentContext:
     extras: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def create(cls, settings: Settings, store: SqliteDocumentStore) -> AgentContext:
+    def create(cls, settings: Settings, store: GovernedStore) -> AgentContext:
         registry = ModelRegistry(settings.db_path)
         return cls(settings=settings, store=store, registry=registry, pool=GeneratorPool(settings, registry))
 

@@ -320,8 +320,20 @@ class CachedEmbedder:
         return out.copy()
 
 
-def build_embedder(name: str, *, batch_size: int = 32, precision: Precision = "auto") -> Embedder:
-    """The one place built-in embedders are registered."""
+def build_embedder(
+    name: str, *, batch_size: int = 32, precision: Precision = "auto", cache_dir: Path | None = None
+) -> Embedder:
+    """The one place built-in embedders are registered.
+
+    - ``minilm``: all-MiniLM-L6-v2 on torch (bf16 autocast where the CPU has native bf16): the fastest here.
+    - ``minilm-onnx``: the same model exported once to ONNX and run by onnxruntime without importing torch
+      (vectors equal to torch fp32 within 1e-6; about a quarter of the resident memory, at fp32 speed); the export
+      is cached in ``cache_dir`` (default ``.sage/models/onnx``).
+    """
     if name == "minilm":
         return MiniLMEmbedder(batch_size=batch_size, precision=precision)
-    raise ConfigError(f"unknown embedder {name!r}; built-ins: minilm")
+    if name == "minilm-onnx":
+        from sage_health.data.embed_onnx import OnnxMiniLMEmbedder
+
+        return OnnxMiniLMEmbedder(cache_dir or Path(".sage") / "models" / "onnx", batch_size=batch_size)
+    raise ConfigError(f"unknown embedder {name!r}; built-ins: minilm, minilm-onnx")

@@ -7,8 +7,7 @@ from datetime import UTC, datetime
 from pydantic import BaseModel, ConfigDict
 
 from sage_health.core.errors import RetrievalError
-from sage_health.data.store.protocol import SearchFilters, SearchHit, SearchMode, SearchQuery
-from sage_health.data.store.sqlite import SqliteDocumentStore
+from sage_health.data.store.protocol import RecordReader, SearchFilters, SearchHit, SearchMode, SearchQuery
 
 _EPOCH = datetime(1, 1, 1, tzinfo=UTC)
 
@@ -35,7 +34,7 @@ class PatientContext(BaseModel):
 
 
 def patient_context(
-    store: SqliteDocumentStore,
+    store: RecordReader,
     patient_id: str,
     query: str,
     *,

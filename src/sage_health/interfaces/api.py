@@ -48,7 +48,10 @@ from sage_health.core.errors import (
     StudyInputError,
     ValidationError,
 )
-from sage_health.interfaces.api_deps import SettingsDep, authorize, get_settings
+from sage_health.data.governance.access import open_governed
+from sage_health.data.governance.policy import Action
+from sage_health.data.store.factory import open_store
+from sage_health.interfaces.api_deps import ActingDep, SettingsDep, authorize, get_settings
 from sage_health.interfaces.api_radiology import add_radiology_routes
 from sage_health.models.catalog import GeneratorPool
 from sage_health.models.generation.base import ChatMessage, GenerationParams
@@ -184,9 +187,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return {"object": "list", "data": data}
 
     @app.post("/v1/chat/completions", tags=["openai"], dependencies=[Depends(authorize)], response_model=None)
-    def chat_completions(body: ChatCompletionRequest, s: SettingsDep) -> dict[str, Any] | StreamingResponse:
+    def chat_completions(body: ChatCompletionRequest, s: ActingDep) -> dict[str, Any] | StreamingResponse:
+        governed = open_governed(s, open_store(s, must_exist=False))
+        governed.decide(Action.GENERATE)
         model, gen = pool(s).get(body.model)
         messages = [m.to_message() for m in body.messages]
+        governed.log(
+            Action.GENERATE.value,
+            query="\n".join(m.content for m in messages),
+            detail={"model": model.ref, "endpoint": "chat.completions", "stream": body.stream},
+        )
         params = body.params(s.max_new_tokens)
         completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         created = int(time.time())

@@ -29,9 +29,12 @@ from sage_health.apps.radiology.workflow import (
     review_draft,
 )
 from sage_health.core.config import Settings
+from sage_health.core.errors import PolicyViolation
+from sage_health.data.governance.access import open_governed
+from sage_health.data.governance.policy import Action
 from sage_health.data.store.factory import open_store
 from sage_health.data.store.sqlite import SqliteDocumentStore
-from sage_health.interfaces.api_deps import SettingsDep, authorize
+from sage_health.interfaces.api_deps import ActingDep, authorize
 from sage_health.models.catalog import GeneratorPool
 
 
@@ -52,7 +55,7 @@ class ReviewBody(BaseModel):
     approve: bool
     findings: str | None = Field(default=None, description="Edited FINDINGS (with impression) replaces the draft.")
     impression: str | None = None
-    signer: str = Field(min_length=1)
+    signer: str | None = Field(default=None, description="Must be the acting principal when given.")
     reason: str | None = None
 
 
@@ -66,10 +69,10 @@ def add_radiology_routes(app: FastAPI, pool: Callable[[Settings], GeneratorPool]
         if key not in stores:
             stores[key] = open_store(s, bm25_index="memory")
         p = pool(s)
-        return AgentContext(settings=s, store=stores[key], registry=p.registry, pool=p)
+        return AgentContext(settings=s, store=open_governed(s, stores[key]), registry=p.registry, pool=p)
 
     @app.post("/v1/radiology/drafts", tags=["radiology"], dependencies=[Depends(authorize)])
-    def create_draft(body: DraftBody, s: SettingsDep) -> DraftOutcome:
+    def create_draft(body: DraftBody, s: ActingDep) -> DraftOutcome:
         with lock:
             ctx = context(s)
             request = prepare_request(
@@ -84,7 +87,7 @@ def add_radiology_routes(app: FastAPI, pool: Callable[[Settings], GeneratorPool]
             return draft_report(ctx, request)
 
     @app.post("/v1/radiology/drafts/{run_id}/review", tags=["radiology"], dependencies=[Depends(authorize)])
-    def review(run_id: str, body: ReviewBody, s: SettingsDep) -> ReviewOutcome:
+    def review(run_id: str, body: ReviewBody, s: ActingDep) -> ReviewOutcome:
         edited = None
         if body.findings is not None or body.impression is not None:
             edited = report_text(body.findings or "", body.impression or "")
@@ -94,9 +97,15 @@ def add_radiology_routes(app: FastAPI, pool: Callable[[Settings], GeneratorPool]
             )
 
     @app.get("/v1/runs/{run_id}", tags=["radiology"], dependencies=[Depends(authorize)])
-    def get_run(run_id: str, s: SettingsDep) -> dict[str, Any]:
+    def get_run(run_id: str, s: ActingDep) -> dict[str, Any]:
+        governed = open_governed(s, open_store(s))
+        decision = governed.decide(Action.READ)
+        if decision.view != "identified":
+            raise PolicyViolation(f"{governed.access.label} sees de-identified data only; agent traces are identified")
         traces = TraceStore(s.db_path)
         run = traces.get_run(run_id)
+        governed.log(Action.READ.value, record_ids=[i for i in (run.study_id, run.patient_id) if i],
+                     detail={"trace": run_id})  # fmt: skip
         return {
             "run": run.model_dump(mode="json"),
             "steps": [st.model_dump(mode="json") for st in traces.steps(run_id)],

@@ -30,13 +30,34 @@ from sage_health import __version__
 from sage_health.core.config import Settings
 from sage_health.core.errors import SageError
 from sage_health.data.embed import build_embedder
+from sage_health.data.governance.access import open_governed
+from sage_health.data.governance.policy import Action
 from sage_health.data.ingest.pipeline import FileProblem, IngestPipeline, IngestReport, expand_paths
 from sage_health.data.retrieval import patient_context
 from sage_health.data.store.factory import open_store
 from sage_health.data.store.protocol import SearchFilters, SearchHit, SearchMode, SearchQuery
 from sage_health.data.store.sqlite import SqliteDocumentStore
-from sage_health.interfaces import cli_audit, cli_eval, cli_imaging, cli_models, cli_radiology
-from sage_health.interfaces.cli_util import JsonOpt, StoreOpt, echo_json, err, out, run_command, settings_for
+from sage_health.interfaces import (
+    cli_audit,
+    cli_datasets,
+    cli_eval,
+    cli_governance,
+    cli_imaging,
+    cli_models,
+    cli_radiology,
+)
+from sage_health.interfaces.cli_util import (
+    AsOpt,
+    JsonOpt,
+    PurposeOpt,
+    StoreOpt,
+    echo_json,
+    err,
+    evaluation_access,
+    out,
+    run_command,
+    settings_for,
+)
 
 app = typer.Typer(
     name="sage-health",
@@ -110,13 +131,19 @@ def ingest(
     store: StoreOpt = None,
     source: Annotated[str | None, typer.Option("--source", help="Dataset name to record as the source.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Re-read files already ingested unchanged.")] = False,
+    as_: AsOpt = None,
+    purpose: PurposeOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Ingest files/folders into the store (idempotent, atomic per batch). Exit 2 if anything failed."""
+    """Ingest files/folders into the store (idempotent, atomic per batch). Exit 2 if anything failed.
+
+    Policy: ``ingest`` (data stewards and admins, purpose operations); one audit event per run."""
 
     def body() -> IngestReport:
-        settings = _settings(store)
+        settings = _settings(store, as_, purpose)
         with _open_store(settings, must_exist=False) as st:
+            governed = open_governed(settings, st)
+            governed.decide(Action.INGEST)
             pipeline = IngestPipeline(
                 st,
                 batch_records=settings.batch_records,
@@ -146,6 +173,13 @@ def ingest(
                     progress=lambda _event, size: progress.advance(task, size),
                     on_problem=on_problem,
                 )
+            total_stats = report.total()
+            governed.log(
+                Action.INGEST.value,
+                detail={"run_id": report.run_id, "files": total_stats.files, "records": total_stats.records,
+                        "inserted": total_stats.inserted, "updated": total_stats.updated,
+                        "problems": len(report.problems), "paths": len(paths)},
+            )  # fmt: skip
         return report
 
     report = _run(body)
@@ -209,6 +243,8 @@ def search(
         bool,
         typer.Option("--timeline", help="With --patient: order hits chronologically and show the timeline."),
     ] = False,
+    as_: AsOpt = None,
+    purpose: PurposeOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Hybrid (BM25 + dense, RRF) search with filters applied inside both retrievers."""
@@ -218,8 +254,9 @@ def search(
     search_mode: SearchMode = mode  # type: ignore[assignment]
 
     def body() -> None:
-        settings = _settings(store)
-        with _open_store(settings) as st:
+        settings = _settings(store, as_, purpose)
+        with _open_store(settings) as raw:
+            st = open_governed(settings, raw)
             if timeline:
                 if not patient:
                     raise SageError("--timeline needs --patient ID")
@@ -269,12 +306,13 @@ def search(
 
 
 @app.command()
-def stats(store: StoreOpt = None, as_json: JsonOpt = False) -> None:
+def stats(store: StoreOpt = None, as_: AsOpt = None, purpose: PurposeOpt = None, as_json: JsonOpt = False) -> None:
     """Counts by record type and source, chunks, vectors, runs and size on disk."""
 
     def body() -> None:
-        with _open_store(_settings(store)) as st:
-            data = st.stats()
+        settings = _settings(store, as_, purpose)
+        with _open_store(settings) as raw:
+            data = open_governed(settings, raw).stats()
         if as_json:
             _echo_json(data)
             return
@@ -298,12 +336,16 @@ def show(
     record_id: Annotated[str, typer.Argument(help="Record id, e.g. iu-xray/DiagnosticReport/1")],
     store: StoreOpt = None,
     version: Annotated[int | None, typer.Option("--version", help="An older version.")] = None,
+    as_: AsOpt = None,
+    purpose: PurposeOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """A record with its provenance, chunks and version history."""
+    """A record with its provenance, chunks and version history (de-identified for researchers)."""
 
     def body() -> None:
-        with _open_store(_settings(store)) as st:
+        settings = _settings(store, as_, purpose)
+        with _open_store(settings) as raw:
+            st = open_governed(settings, raw)
             stored = st.get(record_id, version=version)
             if stored is None:
                 raise SageError(f"record {record_id} not found (version {version or 'current'})")
@@ -431,6 +473,9 @@ def eval_retrieval(
     ] = None,
     medquad_sample: Annotated[int, typer.Option("--medquad-sample", min=1)] = 2000,
     seed: Annotated[int, typer.Option("--seed")] = 13,
+    store: StoreOpt = None,
+    as_: AsOpt = None,
+    purpose: PurposeOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Recall@1/5/10, MRR and nDCG@10 of BM25, dense and hybrid retrieval on the given files."""
@@ -441,11 +486,16 @@ def eval_retrieval(
         for f in (pubmedqa, medquad):
             if f is not None and not f.is_file():
                 raise SageError(f"{f}: no such file")
-        settings = _settings(None)
+        settings = _settings(store, as_, purpose)
+        governed = evaluation_access(settings)
         embedder = build_embedder(
-            settings.embedder, batch_size=settings.embed_batch_size, precision=settings.embed_precision
+            settings.embedder,
+            batch_size=settings.embed_batch_size,
+            precision=settings.embed_precision,
+            cache_dir=settings.models_dir / "onnx",
         )
         result = evaluate_retrieval(pubmedqa, medquad, medquad_sample=medquad_sample, seed=seed, embedder=embedder)
+        governed.log(Action.EVALUATE.value, detail={"task": "retrieval", "seed": seed})
         payload = result.model_dump(mode="json")
         if as_json:
             _echo_json(payload)
@@ -480,6 +530,11 @@ app.command("trace")(cli_radiology.trace)
 eval_app.command("radiology")(cli_radiology.eval_radiology)
 app.add_typer(cli_imaging.train_app, name="train")
 app.add_typer(cli_audit.audit_app, name="audit")
+app.add_typer(cli_governance.principals_app, name="principals")
+app.add_typer(cli_governance.consent_app, name="consent")
+app.add_typer(cli_datasets.dataset_app, name="dataset")
+app.command("erase")(cli_governance.erase)
+app.command("lineage")(cli_governance.lineage)
 
 
 def main() -> None:

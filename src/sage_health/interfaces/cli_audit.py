@@ -9,7 +9,19 @@ from rich.table import Table
 
 from sage_health.core.errors import SageError
 from sage_health.data.governance.audit import AuditLog
-from sage_health.interfaces.cli_util import JsonOpt, StoreOpt, echo_json, out, run_command, settings_for
+from sage_health.data.governance.policy import Action
+from sage_health.data.store.protocol import SearchFilters
+from sage_health.interfaces.cli_util import (
+    AsOpt,
+    JsonOpt,
+    PurposeOpt,
+    StoreOpt,
+    echo_json,
+    evaluation_access,
+    out,
+    run_command,
+    settings_for,
+)
 
 audit_app = typer.Typer(help="The tamper-evident audit log: verify the chain, show events.", no_args_is_help=True)
 
@@ -19,11 +31,14 @@ class AuditTampered(SageError):
 
 
 @audit_app.command("verify")
-def verify(store: StoreOpt = None, as_json: JsonOpt = False) -> None:
-    """Walk the hash chain and the anchor; exit 1 naming the first bad position when anything was changed."""
+def verify(store: StoreOpt = None, as_: AsOpt = None, purpose: PurposeOpt = None, as_json: JsonOpt = False) -> None:
+    """Walk the hash chain and the anchor; exit 1 naming the first bad position when anything was changed.
+    Policy: ``audit`` (data stewards, admins)."""
 
     def body() -> None:
-        result = AuditLog.for_settings(settings_for(store)).verify()
+        settings = settings_for(store, as_, purpose)
+        evaluation_access(settings, Action.AUDIT)
+        result = AuditLog.for_settings(settings).verify()
         if as_json:
             echo_json(
                 {"ok": result.ok, "events": result.events, "first_bad_seq": result.first_bad_seq,
@@ -42,13 +57,25 @@ def show(
     record: Annotated[str | None, typer.Option("--record", help="Only events naming this record id.")] = None,
     since: Annotated[str | None, typer.Option("--since", help="ISO time, e.g. 2026-11-01.")] = None,
     action: Annotated[str | None, typer.Option("--action", help="Only this action.")] = None,
+    patient: Annotated[
+        str | None, typer.Option("--patient", help="Only events naming this patient or one of their records.")
+    ] = None,
     store: StoreOpt = None,
+    as_: AsOpt = None,
+    purpose: PurposeOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Events in order (ids and hashes only; the log holds no record content or query text)."""
+    """Events in order (ids and hashes only; the log holds no record content or query text).
+    Policy: ``audit`` (data stewards, admins)."""
 
     def body() -> None:
-        events = AuditLog.for_settings(settings_for(store)).events(record_id=record, since=since, action=action)
+        settings = settings_for(store, as_, purpose)
+        governed = evaluation_access(settings, Action.AUDIT)
+        events = AuditLog.for_settings(settings).events(record_id=record, since=since, action=action)
+        if patient:
+            ids = {patient} | {s.record.id for s in governed.store.iter_records(SearchFilters(patient_id=patient))}
+            events = [e for e in events if ids.intersection(e.record_ids)]
+        governed.log(Action.AUDIT.value, record_ids=[patient] if patient else [], detail={"events": len(events)})
         if as_json:
             echo_json([e.model_dump(mode="json") for e in events])
             return

@@ -12,7 +12,18 @@ from rich.table import Table
 from sage_health.core.config import Settings
 from sage_health.core.errors import EvaluationError
 from sage_health.data.embed import build_embedder
-from sage_health.interfaces.cli_util import JsonOpt, StoreOpt, echo_json, err, out, run_command, settings_for
+from sage_health.interfaces.cli_util import (
+    AsOpt,
+    JsonOpt,
+    PurposeOpt,
+    StoreOpt,
+    echo_json,
+    err,
+    evaluation_access,
+    out,
+    run_command,
+    settings_for,
+)
 from sage_health.models.catalog import GeneratorPool
 from sage_health.models.evaluation.harness import (
     EvalOutcome,
@@ -96,15 +107,20 @@ def eval_report(
     drop_leaks: DropLeaksOpt = False,
     out_dir: OutOpt = None,
     store: StoreOpt = None,
+    as_: AsOpt = None,
+    purpose: PurposeOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Report generation: BLEU-1..4, ROUGE-L, distinct-output ratio and CheXpert CE metrics vs the references."""
 
     def body() -> None:
-        settings = settings_for(store)
+        settings = settings_for(store, as_, purpose)
+        governed = evaluation_access(settings)
         registry = ModelRegistry(settings.db_path)
         mv, gen = GeneratorPool(settings, registry).get(model)
-        embedder = build_embedder(settings.embedder, batch_size=settings.embed_batch_size)
+        embedder = build_embedder(
+            settings.embedder, batch_size=settings.embed_batch_size, cache_dir=settings.models_dir / "onnx"
+        )
         with _progress() as bar:
             job = bar.add_task(f"{mv.ref} {task}", total=None)
             outcome = run_report_eval(
@@ -123,6 +139,7 @@ def eval_report(
                 drop_leaks=drop_leaks,
                 progress=lambda done, total: bar.update(job, completed=done, total=total),
             )
+        governed.log("evaluate", detail={"model": mv.ref, "eval_set": outcome.eval_set, "test_file": test.name})
         if as_json:
             echo_json(_summary(outcome))
             return
@@ -151,12 +168,15 @@ def eval_qa(
     drop_leaks: DropLeaksOpt = False,
     out_dir: OutOpt = None,
     store: StoreOpt = None,
+    as_: AsOpt = None,
+    purpose: PurposeOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Multiple-choice / yes-no-maybe QA: accuracy and macro-F1 beside majority and random baselines."""
 
     def body() -> None:
-        settings = settings_for(store)
+        settings = settings_for(store, as_, purpose)
+        governed = evaluation_access(settings)
         registry = ModelRegistry(settings.db_path)
         mv, gen = GeneratorPool(settings, registry).get(model)
         with _progress() as bar:
@@ -175,6 +195,7 @@ def eval_qa(
                 drop_leaks=drop_leaks,
                 progress=lambda done, total: bar.update(job, completed=done, total=total),
             )
+        governed.log("evaluate", detail={"model": mv.ref, "eval_set": outcome.eval_set, "test_file": file.name})
         if as_json:
             echo_json(_summary(outcome))
             return
@@ -288,9 +309,77 @@ def _read(path: Path | None) -> str:
         raise EvaluationError(f"{path}: cannot read as UTF-8 text ({type(exc).__name__})") from exc
 
 
+def eval_deid(
+    file: Annotated[
+        Path | None,
+        typer.Option("--file", help="Presidio-format JSON (default SAGE_DATA_DIR/presidio_synthetic_pii/*_dev.json)."),
+    ] = None,
+    mode: Annotated[
+        str | None,
+        typer.Option("--mode", help="Also de-identify in this mode (tag|surrogate|shift) and count surviving values."),
+    ] = None,
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Public data (default SAGE_DATA_DIR).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Evaluate de-identification: span P/R/F1 per entity (strict + relaxed) and eponym over-redaction."""
+
+    def body() -> None:
+        from sage_health.data.governance.deid import DEID_MODES, PresidioDeidentifier, deid_key
+        from sage_health.data.governance.deid_eval import evaluate, rows
+
+        if mode is not None and mode not in DEID_MODES:
+            raise EvaluationError(f"unknown --mode {mode!r}; use one of {', '.join(DEID_MODES)}")
+        settings = settings_for(None)
+        root = data_dir or settings.data_dir
+        deidentifier = PresidioDeidentifier(deid_key(settings))
+        result = evaluate(deidentifier, root, file=file, mode=mode)
+        if as_json:
+            echo_json(result.model_dump(mode="json"))
+            return
+        spans = result.spans
+        table = Table(title=f"de-identification vs {Path(spans.file).name} ({spans.texts} texts)")
+        table.caption = "s = strict, r = relaxed, Rt = strict type-aware recall (matching rule below)"
+        for col in ("label", "n", "pred", "Ps", "Rs", "F1s", "Pr", "Rr", "F1r", "Rt", "target"):
+            table.add_column(col, justify="left" if col == "label" else "right")
+
+        def fmt(value: float | None) -> str:
+            return "-" if value is None else f"{value:.3f}"
+
+        for m in rows(spans):
+            target = "-" if m.meets_target is None else ("met" if m.meets_target else "NOT met")
+            table.add_row(
+                m.label, str(m.support), str(m.predicted), fmt(m.precision_strict), fmt(m.recall_strict),
+                fmt(m.f1_strict), fmt(m.precision_relaxed), fmt(m.recall_relaxed), fmt(m.f1_relaxed),
+                fmt(m.recall_strict_typed), target,
+            )  # fmt: skip
+        out.print(table)
+        out.print(f"matching rule: {spans.matching_rule}", highlight=False)
+        if spans.missing_target_labels:
+            out.print(f"no gold spans in this file for: {', '.join(spans.missing_target_labels)}")
+        out.print(f"throughput: {spans.texts_per_second} texts/s")
+        over = result.over_redaction
+        if over is not None:
+            out.print(
+                f"eponym over-redaction: {over.eponym_occurrences_redacted}/{over.eponym_occurrences} occurrences "
+                f"({over.eponym_redaction_rate:.1%}, target <= 5%: {'met' if over.meets_target else 'NOT met'}); "
+                f"sentences with any redaction: eponym {over.eponym_sentences_with_any_redaction:.1%} "
+                f"of {over.eponym_sentences}, other {over.other_sentences_with_any_redaction:.1%} "
+                f"of {over.other_sentences}",
+                highlight=False,
+            )
+        if result.mode_check is not None:
+            out.print(
+                f"{mode} mode: {int(result.mode_check['survived'])} of {int(result.mode_check['gold_values'])} gold "
+                f"values survive verbatim ({result.mode_check['survival_rate']:.1%})"
+            )
+
+    run_command(body)
+
+
 def register(app: typer.Typer, eval_app: typer.Typer) -> None:
     eval_app.command("report")(eval_report)
     eval_app.command("qa")(eval_qa)
     eval_app.command("labeler")(eval_labeler)
+    eval_app.command("deid")(eval_deid)
     eval_app.command("split-iu")(split_iu)
     app.command("label")(label)

@@ -9,8 +9,21 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from sage_health.core.errors import PolicyViolation
+from sage_health.data.governance.access import open_governed
+from sage_health.data.governance.policy import Action
 from sage_health.data.store.factory import open_store
-from sage_health.interfaces.cli_util import JsonOpt, StoreOpt, echo_json, err, out, run_command, settings_for
+from sage_health.interfaces.cli_util import (
+    AsOpt,
+    JsonOpt,
+    PurposeOpt,
+    StoreOpt,
+    echo_json,
+    err,
+    out,
+    run_command,
+    settings_for,
+)
 from sage_health.models.evaluation.labeler import OBSERVATIONS, CheXpertLabeler
 from sage_health.models.imaging.training import TrainResult, train_image_model
 
@@ -77,7 +90,11 @@ def image_model(
     name: Annotated[
         str | None, typer.Option("--name", help="Registry name (default: SAGE_IMAGE_MODEL, cxr-densenet121).")
     ] = None,
-    by: Annotated[str | None, typer.Option("--by", help="Who trains it (default: the OS user).")] = None,
+    by: Annotated[
+        str | None, typer.Option("--by", help="Who trains it: must be the acting principal when given.")
+    ] = None,
+    as_: AsOpt = None,
+    purpose: PurposeOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Train the chest X-ray model (MONAI DenseNet121) on the store's chest images and register it as a candidate.
@@ -87,9 +104,12 @@ def image_model(
     """
 
     def body() -> None:
-        settings = settings_for(store)
+        settings = settings_for(store, as_, purpose)
         labeler = CheXpertLabeler.from_data_dir(settings.data_dir)
-        with open_store(settings) as st:
+        with open_store(settings) as raw:
+            st = open_governed(settings, raw).acting(Action.TRAIN)
+            if by and by != st.access.principal.name:
+                raise PolicyViolation(f"--by {by!r} differs from the acting principal {st.access.principal.name!r}")
             err.print(f"training image model on the chest images in {settings.store} ...", highlight=False)
             result = train_image_model(
                 settings,
@@ -101,8 +121,9 @@ def image_model(
                 seed=seed,
                 limit=limit,
                 name=name,
-                actor=_actor(by),
+                actor=st.access.principal.name,
             )
+            st.log(Action.TRAIN.value, detail={"model": result.ref, "train_images": result.n_train})
         if as_json:
             payload: dict[str, Any] = result.model_dump(mode="json")
             echo_json(payload)

@@ -2,33 +2,51 @@
 
 from __future__ import annotations
 
-import getpass
-import os
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
-from sage_health.core.errors import SageError
-from sage_health.interfaces.cli_util import JsonOpt, StoreOpt, echo_json, err, out, run_command, settings_for
+from sage_health.core.config import Settings
+from sage_health.core.errors import PolicyViolation, SageError
+from sage_health.data.governance.policy import Action
+from sage_health.interfaces.cli_util import (
+    AsOpt,
+    JsonOpt,
+    PurposeOpt,
+    StoreOpt,
+    echo_json,
+    err,
+    evaluation_access,
+    out,
+    run_command,
+    settings_for,
+)
 from sage_health.models.catalog import BUILTIN_MODELS, GeneratorPool, resolve_model
 from sage_health.models.generation.base import ChatMessage, GenerationParams
 from sage_health.models.registry import ModelRegistry, ModelVersion
 
 models_app = typer.Typer(help="The model registry: versions, lineage, evaluations, stages.", no_args_is_help=True)
 
-ActorOpt = Annotated[str | None, typer.Option("--by", help="Who does this (default: the OS user).")]
+ActorOpt = Annotated[
+    str | None, typer.Option("--by", help="Who does this: must be the acting principal (--as) when given.")
+]
 ReasonOpt = Annotated[str | None, typer.Option("--reason", help="Why (kept in the model's event log).")]
 
 
-def _actor(by: str | None) -> str:
-    if by:
-        return by
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return os.environ.get("USER", "unknown")
+def _actor(settings: Settings, by: str | None, action: Action) -> str:
+    """The acting principal, checked by the policy engine for ``action`` (audited by the caller)."""
+    governed = evaluation_access(settings, action)
+    name = governed.access.principal.name
+    if by and by != name:
+        raise PolicyViolation(f"--by {by!r} differs from the acting principal {name!r}; act as {by!r} with --as")
+    return name
+
+
+def _audit(settings: Settings, action: Action, ref: str, **detail: Any) -> None:
+    governed = evaluation_access(settings, action)
+    governed.log(action.value, detail={"model": ref, **detail})
 
 
 def _registry(store: Path | None) -> ModelRegistry:
@@ -52,15 +70,18 @@ def models_list(
         for builtin in ("smollm2", "extractive"):
             resolve_model(reg, builtin)
         versions = reg.list_versions(name)
+        taints = {v.ref: reg.taint(v) for v in versions}
         if as_json:
-            echo_json([_version_json(v) for v in versions])
+            echo_json([_version_json(v) | {"tainted": taints[v.ref]} for v in versions])
             return
         table = Table(title="models")
-        for col in ("model", "stage", "backend", "snapshot", "evaluations", "created"):
+        for col in ("model", "stage", "backend", "snapshot", "evaluations", "created", "tainted"):
             table.add_column(col)
         for v in versions:
             evals = ", ".join(sorted({e.eval_set for e in v.evaluations})) or "-"
-            table.add_row(v.ref, v.stage, v.backend, v.dataset_snapshot_id or "-", evals, v.created_at)
+            taint = taints[v.ref]
+            table.add_row(v.ref, v.stage, v.backend, v.dataset_snapshot_id or "-", evals, v.created_at,
+                          f"[red]yes[/]: {taint}" if taint else "")  # fmt: skip
         out.print(table)
 
     run_command(body)
@@ -97,13 +118,17 @@ def models_register(
     description: Annotated[str | None, typer.Option("--description")] = None,
     by: ActorOpt = None,
     store: StoreOpt = None,
+    as_: AsOpt = None,
+    purpose: PurposeOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Register a new candidate version."""
+    """Register a new candidate version (policy: ``train``)."""
 
     def body() -> None:
+        settings = settings_for(store, as_, purpose)
+        actor = _actor(settings, by, Action.TRAIN)
         base = BUILTIN_MODELS.get(backend)
-        mv = _registry(store).register(
+        mv = ModelRegistry(settings.db_path).register(
             name,
             backend=backend,
             version=version,
@@ -112,8 +137,9 @@ def models_register(
             dataset_snapshot_id=snapshot,
             config={"exemplars": exemplars},
             description=description,
-            actor=_actor(by),
+            actor=actor,
         )
+        _audit(settings, Action.TRAIN, mv.ref, registered=True)
         if as_json:
             echo_json(_version_json(mv))
         else:
@@ -128,14 +154,20 @@ def models_promote(
     by: ActorOpt = None,
     reason: ReasonOpt = None,
     store: StoreOpt = None,
+    as_: AsOpt = None,
+    purpose: PurposeOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Promote a version to production (refused without an evaluation on production's evaluation sets)."""
+    """Promote a version to production (refused without an evaluation on production's evaluation sets).
+    Policy: ``promote`` (admins)."""
 
     def body() -> None:
-        reg = _registry(store)
+        settings = settings_for(store, as_, purpose)
+        actor = _actor(settings, by, Action.PROMOTE)
+        reg = ModelRegistry(settings.db_path)
         mv = resolve_model(reg, ref)
-        promoted = reg.promote(mv.name, mv.version, actor=_actor(by), reason=reason)
+        promoted = reg.promote(mv.name, mv.version, actor=actor, reason=reason)
+        _audit(settings, Action.PROMOTE, promoted.ref, stage="production")
         if as_json:
             echo_json(_version_json(promoted))
         else:
@@ -150,12 +182,17 @@ def models_rollback(
     by: ActorOpt = None,
     reason: ReasonOpt = None,
     store: StoreOpt = None,
+    as_: AsOpt = None,
+    purpose: PurposeOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Restore the previous production version (the current one is archived)."""
+    """Restore the previous production version (the current one is archived). Policy: ``promote``."""
 
     def body() -> None:
-        restored = _registry(store).rollback(name, actor=_actor(by), reason=reason)
+        settings = settings_for(store, as_, purpose)
+        actor = _actor(settings, by, Action.PROMOTE)
+        restored = ModelRegistry(settings.db_path).rollback(name, actor=actor, reason=reason)
+        _audit(settings, Action.PROMOTE, restored.ref, rollback=True)
         if as_json:
             echo_json(_version_json(restored))
         else:
@@ -173,16 +210,21 @@ def generate(
     max_tokens: Annotated[int, typer.Option("--max-tokens", min=1, max=8192)] = 128,
     temperature: Annotated[float, typer.Option("--temperature", min=0.0, max=2.0)] = 0.0,
     store: StoreOpt = None,
+    as_: AsOpt = None,
+    purpose: PurposeOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Generate one answer with a registered model (greedy by default)."""
+    """Generate one answer with a registered model (greedy by default). Policy: ``generate``; the prompt is
+    audited by its sha256 only."""
 
     def body() -> None:
-        settings = settings_for(store)
+        settings = settings_for(store, as_, purpose)
+        governed = evaluation_access(settings, Action.GENERATE)
         _mv, gen = GeneratorPool(settings, ModelRegistry(settings.db_path)).get(model or settings.generator)
         messages = [ChatMessage(role="system", content=system)] if system else []
         messages.append(ChatMessage(role="user", content=prompt))
         result = gen.generate(messages, GenerationParams(max_new_tokens=max_tokens, temperature=temperature))
+        governed.log(Action.GENERATE.value, query=prompt, detail={"model": f"{result.model_id}@{result.model_version}"})
         if as_json:
             echo_json(result.model_dump())
         else:

@@ -22,10 +22,23 @@ from sage_health.apps.radiology.workflow import (
     resume_run,
     review_draft,
 )
-from sage_health.core.errors import StudyInputError
+from sage_health.core.config import Settings
+from sage_health.core.errors import PolicyViolation, StudyInputError
+from sage_health.data.governance.access import GovernedStore, open_governed
+from sage_health.data.governance.policy import Action
 from sage_health.data.store.factory import open_store
 from sage_health.interfaces.cli_eval import DropLeaksOpt, LimitOpt, OutOpt, SeedOpt, _progress
-from sage_health.interfaces.cli_util import JsonOpt, StoreOpt, echo_json, out, run_command, settings_for
+from sage_health.interfaces.cli_util import (
+    AsOpt,
+    JsonOpt,
+    PurposeOpt,
+    StoreOpt,
+    echo_json,
+    evaluation_access,
+    out,
+    run_command,
+    settings_for,
+)
 from sage_health.models.evaluation.labeler import CheXpertLabeler
 from sage_health.models.registry import ModelRegistry
 
@@ -86,14 +99,16 @@ def draft(
         Path | None, typer.Option("--out", help="Also write the draft as FINDINGS:/IMPRESSION: text (to edit).")
     ] = None,
     store: StoreOpt = None,
+    as_: AsOpt = None,
+    purpose: PurposeOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Draft a report for one study: retrieve, check images, write, verify, safety-check; then wait for review."""
 
     def body() -> None:
-        settings = settings_for(store)
+        settings = settings_for(store, as_, purpose)
         with open_store(settings) as st:
-            ctx = AgentContext.create(settings, st)
+            ctx = AgentContext.create(settings, open_governed(settings, st))
             request = prepare_request(
                 ctx,
                 indication=indication,
@@ -122,9 +137,13 @@ def review(
     edit_file: Annotated[
         Path | None, typer.Option("--edit-file", help="The report as edited: 'FINDINGS: …' then 'IMPRESSION: …'.")
     ] = None,
-    signer: Annotated[str | None, typer.Option("--signer", help="Who signs (default: the OS user).")] = None,
+    signer: Annotated[
+        str | None, typer.Option("--signer", help="Who signs: must be the acting principal (default: it).")
+    ] = None,
     reason: Annotated[str | None, typer.Option("--reason", help="Why (rejections, or an edit note).")] = None,
     store: StoreOpt = None,
+    as_: AsOpt = None,
+    purpose: PurposeOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Approve (optionally edited) or reject a paused draft. Approval stores a signed DiagnosticReport."""
@@ -138,9 +157,9 @@ def review(
                 edited = edit_file.read_text(encoding="utf-8")
             except (OSError, UnicodeDecodeError) as exc:
                 raise StudyInputError(f"{edit_file}: cannot read the edited report ({type(exc).__name__})") from exc
-        settings = settings_for(store)
+        settings = settings_for(store, as_, purpose)
         with open_store(settings) as st:
-            ctx = AgentContext.create(settings, st)
+            ctx = AgentContext.create(settings, open_governed(settings, st))
             result = review_draft(ctx, run_id, approve=approve, edited=edited, signer=signer, reason=reason)
         if as_json:
             echo_json(result.model_dump(mode="json"))
@@ -163,6 +182,17 @@ def _print_review(result: ReviewOutcome) -> None:
 
 
 # --------------------------------------------------------------------------------------------- traces
+
+
+def _identified_reader(settings: Settings) -> GovernedStore:
+    """Traces keep the identified inputs and outputs of every step: only principals with an identified view
+    (clinicians for treatment, data stewards) may read them."""
+    governed = evaluation_access(settings, Action.READ)
+    decision = governed.policy.decide(governed.access, Action.READ)
+    if decision.view != "identified":
+        governed.log(Action.READ.value, detail={"denied": "traces are identified data"}, outcome="denied")
+        raise PolicyViolation(f"{governed.access.label} sees de-identified data only; agent traces are identified")
+    return governed
 
 
 def _summary(step: StepRecord) -> list[str]:
@@ -224,14 +254,20 @@ def trace_tree(run: RunRecord, steps: list[StepRecord]) -> Tree:
 def trace(
     run_id: Annotated[str, typer.Argument(help="Run id.")],
     store: StoreOpt = None,
+    as_: AsOpt = None,
+    purpose: PurposeOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Print a run's persisted trace as a tree (or JSON)."""
+    """Print a run's persisted trace as a tree (or JSON). Traces hold identified data: identified readers only."""
 
     def body() -> None:
-        traces = TraceStore(settings_for(store).db_path)
+        settings = settings_for(store, as_, purpose)
+        governed = _identified_reader(settings)
+        traces = TraceStore(settings.db_path)
         run = traces.get_run(run_id)
         steps = traces.steps(run_id)
+        governed.log(Action.READ.value, record_ids=[i for i in (run.study_id, run.patient_id) if i],
+                     detail={"trace": run_id})  # fmt: skip
         if as_json:
             echo_json({"run": run.model_dump(mode="json"), "steps": [s.model_dump(mode="json") for s in steps]})
         else:
@@ -246,6 +282,8 @@ def runs(
     status: Annotated[str | None, typer.Option("--status", help="Only runs in this status.")] = None,
     limit: Annotated[int, typer.Option("--limit", min=1)] = 20,
     store: StoreOpt = None,
+    as_: AsOpt = None,
+    purpose: PurposeOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """List agent runs, newest first."""
@@ -253,7 +291,10 @@ def runs(
         return
 
     def body() -> None:
-        found = TraceStore(settings_for(store).db_path).list_runs(status=status, limit=limit)
+        settings = settings_for(store, as_, purpose)
+        governed = _identified_reader(settings)
+        found = TraceStore(settings.db_path).list_runs(status=status, limit=limit)
+        governed.log(Action.READ.value, detail={"runs": len(found)})
         if as_json:
             echo_json([r.model_dump(mode="json", exclude={"result", "plan"}) for r in found])
             return
@@ -269,14 +310,16 @@ def runs(
 def resume(
     run_id: Annotated[str, typer.Argument(help="An interrupted (running) or failed run.")],
     store: StoreOpt = None,
+    as_: AsOpt = None,
+    purpose: PurposeOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Continue an interrupted or failed run from its last finished step."""
 
     def body() -> None:
-        settings = settings_for(store)
+        settings = settings_for(store, as_, purpose)
         with open_store(settings) as st:
-            outcome = resume_run(AgentContext.create(settings, st), run_id)
+            outcome = resume_run(AgentContext.create(settings, open_governed(settings, st)), run_id)
         if as_json:
             echo_json(outcome.model_dump(mode="json"))
         else:
@@ -299,12 +342,15 @@ def eval_radiology(
     drop_leaks: DropLeaksOpt = False,
     out_dir: OutOpt = None,
     store: StoreOpt = None,
+    as_: AsOpt = None,
+    purpose: PurposeOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """The whole workflow per test study: BLEU-4, ROUGE-L, CE-F1, distinct ratio, verifier flags, s/study."""
 
     def body() -> None:
-        settings = settings_for(store)
+        settings = settings_for(store, as_, purpose)
+        governed = evaluation_access(settings)
         registry = ModelRegistry(settings.db_path)
         refs = [model or settings.generator] + ([baseline] if baseline else [])
         with _progress() as bar:
@@ -317,6 +363,7 @@ def eval_radiology(
 
             results = run_radiology_eval(
                 settings=settings,
+                governed=governed,
                 registry=registry,
                 train_file=train,
                 test_file=test,

@@ -13,6 +13,9 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeE
 
 from sage_health.core.config import Settings
 from sage_health.core.errors import SageError
+from sage_health.data.governance.access import GovernedStore, open_governed
+from sage_health.data.governance.audit import AuditLog
+from sage_health.data.governance.policy import Action
 from sage_health.data.ingest.pipeline import IngestPipeline, expand_paths
 from sage_health.data.retrieval import patient_context
 from sage_health.data.store.protocol import SearchFilters, SearchHit, SearchQuery
@@ -33,24 +36,36 @@ def _cite(out: Console, title: str, hits: list[SearchHit]) -> None:
     out.print(Panel("\n".join(lines) or "no results", title=title, title_align="left"))
 
 
-def run_demo(settings: Settings, store: SqliteDocumentStore, out: Console, err: Console) -> None:
+def run_demo(settings: Settings, raw: SqliteDocumentStore, out: Console, err: Console) -> None:
+    """Each step acts as the built-in principal whose role it is: the data steward ingests, a clinician searches
+    and drafts for treatment, a researcher sees the same patient de-identified; every step is audited."""
     data_dir = settings.data_dir
     if not data_dir.is_dir():
         raise SageError(
             f"public data not found at {data_dir}; set SAGE_DATA_DIR (see README: Data) and re-run `make demo`"
         )
-    with store:
+    with raw:
+        steward = open_governed(settings, raw, principal="data_steward", purpose="operations")
+        steward.decide(Action.INGEST)
+        store = open_governed(settings, raw, principal="clinician", purpose="treatment")
         pipeline = IngestPipeline(
-            store, batch_records=settings.batch_records, max_file_bytes=int(settings.max_file_mb * 2**20)
+            raw, batch_records=settings.batch_records, max_file_bytes=int(settings.max_file_mb * 2**20)
         )
         total = sum(f.stat().st_size for f, _ in expand_paths([data_dir]))
-        out.print(f"[bold]1. Ingest[/] {data_dir} into {settings.store} (idempotent: unchanged files are skipped)")
+        out.print(
+            f"[bold]1. Ingest[/] {data_dir} into {settings.store} as data_steward (operations; idempotent: unchanged "
+            "files are skipped)"
+        )
         with Progress(
             TextColumn("[bold]ingest"), BarColumn(), DownloadColumn(), TimeElapsedColumn(), console=err
         ) as progress:
             task = progress.add_task("ingest", total=total)
             report = pipeline.run([data_dir], command="demo", progress=lambda _e, size: progress.advance(task, size))
         t = report.total()
+        steward.log(
+            Action.INGEST.value,
+            detail={"run_id": report.run_id, "records": t.records, "inserted": t.inserted, "demo": True},
+        )
         out.print(
             f"   run {report.run_id}: {t.inserted:,} new, {t.updated:,} updated, {t.unchanged:,} unchanged records, "
             f"{t.chunks:,} chunks, {len(report.problems)} problems, {len(report.skipped)} files skipped, "
@@ -58,14 +73,17 @@ def run_demo(settings: Settings, store: SqliteDocumentStore, out: Console, err: 
         )
         for problem in report.problems[:10]:
             out.print(f"   [red]rejected[/] {problem.line()}", highlight=False)
-        stats = store.stats()
+        stats = steward.stats()
         out.print(
             f"   store: {stats['records']:,} records ({stats['patients']} patients), {stats['chunks']:,} chunks, "
             f"{stats['bytes_on_disk'] / 2**20:.0f} MiB; by type: "
             + ", ".join(f"{k} {v:,}" for k, v in stats["by_type"].items())
         )
 
-        out.print("\n[bold]2. Hybrid search with evidence[/] (BM25 + MiniLM dense, reciprocal-rank fusion)")
+        out.print(
+            "\n[bold]2. Hybrid search with evidence[/] as clinician (treatment): BM25 + MiniLM dense, reciprocal-rank "
+            "fusion"
+        )
         _cite(
             out,
             "Radiology: 'enlarged heart with pleural effusion' (DiagnosticReport, impression section)",
@@ -117,7 +135,14 @@ def run_demo(settings: Settings, store: SqliteDocumentStore, out: Console, err: 
                 f"({len(ctx.timeline)} timeline records; hits in date order)",
                 ctx.hits,
             )
+            _researcher_view(settings, raw, out)
         run_radiology_demo(settings, store, out)
+        check = AuditLog.for_settings(settings).verify()
+        out.print(
+            f"\n[bold]6. Audit[/]: {check.events:,} events in the hash-chained log; verify: "
+            + ("[green]intact[/]" if check.ok else f"[red]BROKEN at {check.first_bad_seq}: {check.reason}[/]")
+            + " (`sage-health audit show --as data_steward --purpose operations`)"
+        )
         out.print(
             "\nTry: [bold].venv/bin/sage-health search 'pneumothorax' --type DiagnosticReport[/], "
             "[bold]sage-health radiology draft --study-id iu-xray/DiagnosticReport/3[/], "
@@ -128,7 +153,20 @@ def run_demo(settings: Settings, store: SqliteDocumentStore, out: Console, err: 
 DEMO_STUDIES = ("iu-xray/DiagnosticReport/7", "iu-xray/DiagnosticReport/1900", "iu-xray/DiagnosticReport/3")
 
 
-def run_radiology_demo(settings: Settings, store: SqliteDocumentStore, out: Console) -> None:
+def _researcher_view(settings: Settings, raw: SqliteDocumentStore, out: Console) -> None:
+    researcher = open_governed(settings, raw, principal="researcher", purpose="research")
+    hits = researcher.search(
+        SearchQuery(text="patient demographics address birth", k=1, filters=SearchFilters(resource_types=("Patient",)))
+    )
+    _cite(
+        out,
+        "The same kind of record as a researcher (research purpose) receives it: de-identified text, pseudonymous "
+        "patient id, scrubbed file path; opted-out patients excluded inside the query",
+        hits,
+    )
+
+
+def run_radiology_demo(settings: Settings, store: GovernedStore, out: Console) -> None:
     """Draft reports for the IU studies that have images, approve the first with an edit, print its trace."""
     from sage_health.agents.base import AgentContext
     from sage_health.agents.trace import TraceStore
@@ -159,7 +197,7 @@ def run_radiology_demo(settings: Settings, store: SqliteDocumentStore, out: Cons
         first.findings + " No pneumothorax.", first.impression.rstrip(".") + ", reviewed by the demo radiologist."
     )
     out.print(f"\n[bold]4. Radiologist review[/] of {first.run_id}: one sentence added, impression reworded, approved")
-    review = review_draft(ctx, first.run_id, approve=True, edited=edited, signer="demo-radiologist")
+    review = review_draft(ctx, first.run_id, approve=True, edited=edited)
     out.print(
         f"   signed {review.record_id} v{review.record_version} ({review.feedback_kind}); feedback event stored for "
         "the co-evolution loop"

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from sage_health.core.errors import RegistryError
 from sage_health.core.hashing import sha256_file
+from sage_health.data.governance.lineage import LineageStore, model_node
 from sage_health.data.sqlite_tables import connect, immediate
 
 Stage = Literal["candidate", "production", "archived"]
@@ -240,6 +241,9 @@ class ModelRegistry:
         candidate = self.get(name, version)
         if candidate.stage == "production":
             raise RegistryError(f"{candidate.ref} is already in production")
+        taint = self.taint(candidate)
+        if taint is not None:
+            raise RegistryError(f"refusing to promote {candidate.ref}: it is tainted ({taint}); retrain it first")
         current = self.production(name)
         if current is not None:
             required = sorted({e.eval_set for e in current.evaluations})
@@ -255,6 +259,18 @@ class ModelRegistry:
                 self._move(conn, name, current.version, "archive", "production", "archived", actor, reason)
             self._move(conn, name, version, "promote", candidate.stage, "production", actor, reason)
         return self.get(name, version)
+
+    def taint(self, mv: ModelVersion) -> str | None:
+        """Why ``mv`` is tainted (its own mark, or its dataset snapshot's, after an erasure), or ``None``."""
+        lineage = LineageStore(self._path)
+        own = lineage.taint_of(model_node(mv.name, mv.version))
+        if own is not None:
+            return own.reason
+        if mv.dataset_snapshot_id:
+            snap = lineage.taint_of(f"snapshot:{mv.dataset_snapshot_id}")
+            if snap is not None:
+                return f"snapshot {mv.dataset_snapshot_id}: {snap.reason}"
+        return None
 
     def rollback(self, name: str, *, actor: str, reason: str | None = None) -> ModelVersion:
         """Restore the version that was production before the current one; the current one is archived."""

@@ -237,6 +237,20 @@ class DocumentStoreConformance:
         assert {h.patient_id for h in hits} == {"P1"}
 
     @pytest.mark.parametrize("mode", ["bm25", "dense", "hybrid"])
+    def test_excluded_patients_never_returned_but_unlinked_records_are(
+        self, filled: DocumentStore, mode: SearchMode
+    ) -> None:
+        q = "hemoglobin pneumonia effusion glaucoma anemia"
+        hits = filled.search(SearchQuery(text=q, k=20, mode=mode, filters=SearchFilters(exclude_patients=("P1",))))
+        assert hits
+        assert "P1" not in {h.patient_id for h in hits}
+        assert None in {h.patient_id for h in hits}  # knowledge documents have no patient and stay visible
+        both = filled.search(
+            SearchQuery(text=q, k=20, mode=mode, filters=SearchFilters(patient_id="P1", exclude_patients=("P1",)))
+        )
+        assert both == []
+
+    @pytest.mark.parametrize("mode", ["bm25", "dense", "hybrid"])
     def test_type_source_and_section_filters(self, filled: DocumentStore, mode: SearchMode) -> None:
         q = "pleural effusion cardiomegaly blood airways"
         by_type = filled.search(

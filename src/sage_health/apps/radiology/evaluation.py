@@ -32,6 +32,8 @@ from sage_health.core.errors import EvaluationError
 from sage_health.core.hashing import sha256_file
 from sage_health.data.chunking import Chunker
 from sage_health.data.embed import CachedEmbedder, Embedder, build_embedder
+from sage_health.data.governance.access import GovernedStore
+from sage_health.data.governance.policy import Action
 from sage_health.data.ingest.iu_xray import iu_report
 from sage_health.data.store.sqlite import SqliteDocumentStore
 from sage_health.models.catalog import GeneratorPool, resolve_model
@@ -120,6 +122,7 @@ def _score(preds: list[str], refs: list[str], prefix: str) -> MetricTree:
 def run_radiology_eval(
     *,
     settings: Settings,
+    governed: GovernedStore,
     registry: ModelRegistry,
     train_file: Path,
     test_file: Path,
@@ -133,7 +136,11 @@ def run_radiology_eval(
     progress: Progress = _noop,
 ) -> list[SystemResult]:
     """Run the workflow for every test study once per model in ``models`` (e.g. the generator and
-    ``extractive@1``) and record each run in the registry under the same evaluation-set key."""
+    ``extractive@1``) and record each run in the registry under the same evaluation-set key.
+
+    ``governed`` is the acting principal's governed store: the evaluation is policy-checked (``evaluate``) and the
+    workflow's reads and searches of the retrieval memory run under the same principal, purpose and audit log."""
+    governed.decide(Action.EVALUATE)
     train = [s for s in load_report_file(train_file) if s.findings or s.impression]
     test_all = [s for s in load_report_file(test_file) if s.findings]
     if not test_all:
@@ -147,7 +154,12 @@ def run_radiology_eval(
     out_dir.mkdir(parents=True, exist_ok=True)
     memory_dir = out_dir / "memory"
     memory_dir.mkdir(parents=True, exist_ok=True)
-    base = build_embedder(settings.embedder, batch_size=settings.embed_batch_size, precision=settings.embed_precision)
+    base = build_embedder(
+        settings.embedder,
+        batch_size=settings.embed_batch_size,
+        precision=settings.embed_precision,
+        cache_dir=settings.models_dir / "onnx",
+    )
     settings.models_dir.mkdir(parents=True, exist_ok=True)
     embedder = CachedEmbedder(base, settings.models_dir / "embed-cache.db")
     t0 = time.perf_counter()
@@ -171,7 +183,8 @@ def run_radiology_eval(
         pool = GeneratorPool(settings, registry)
         for ref in models:
             model = resolve_model(registry, ref)
-            ctx = AgentContext(settings=mem_settings, store=memory, registry=registry, pool=pool)
+            memory_access = governed.over(memory).acting(Action.EVALUATE)
+            ctx = AgentContext(settings=mem_settings, store=memory_access, registry=registry, pool=pool)
             drafts: list[Draft] = []
             raw: list[Draft] = []
             seconds: list[float] = []
@@ -263,6 +276,11 @@ def run_radiology_eval(
             )
             results.append(SystemResult(ref=model.ref, outcome=_publish(run, out_dir, registry, model, eval_set)))
     embedder.close()
+    governed.log(
+        Action.EVALUATE.value,
+        detail={"task": "radiology", "eval_set": eval_set, "models": [r.ref for r in results], "studies": len(test),
+                "train_sha256": sha256_file(train_file), "test_sha256": sha256_file(test_file)},
+    )  # fmt: skip
     return results
 
 

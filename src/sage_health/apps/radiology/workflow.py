@@ -14,7 +14,6 @@ review becomes a feedback event (``feedback_events``) for the co-evolution loop.
 from __future__ import annotations
 
 import difflib
-import getpass
 import re
 from datetime import datetime
 from pathlib import Path
@@ -32,10 +31,11 @@ from sage_health.agents.trace import RunRecord, RunStatus
 from sage_health.agents.types import Draft, EvidenceItem, EvidenceScreen, ImagingResult, SafetyReport, Verification
 from sage_health.agents.verifier import Verifier, VerifierInput
 from sage_health.agents.writer import Writer, WriterInput
-from sage_health.core.errors import RunStateError, StudyInputError
+from sage_health.core.errors import PolicyViolation, RunStateError, StudyInputError
 from sage_health.core.hashing import sha256_text
 from sage_health.core.provenance import Provenance, Transform
 from sage_health.data.feedback import FeedbackKind, FeedbackStore
+from sage_health.data.governance.policy import Action
 from sage_health.data.schema import Coding, DiagnosticReport, Image, Patient, ReportSections
 from sage_health.data.store.protocol import SearchFilters
 from sage_health.models.imaging.quality import require_readable
@@ -300,15 +300,34 @@ def _image_evidence(imaging: ImagingResult) -> list[EvidenceItem]:
 
 
 def draft_report(ctx: AgentContext, request: DraftRequest, *, run_id: str | None = None) -> DraftOutcome:
+    """Run the workflow up to the review pause (policy: ``generate``; one audit event per run, besides the
+    events of every read and search the agents make). Inside an evaluation (a store acting as ``evaluate``) the
+    evaluation's decision covers the generation."""
+    ctx.store.decide(ctx.store.read_as or Action.GENERATE)
     record = Runner(ctx).start(
         radiology_workflow(ctx), request, run_id=run_id, patient_id=request.patient_id, study_id=request.study_id
     )
-    return load_outcome(ctx, record)
+    outcome = load_outcome(ctx, record)
+    _log_run(ctx, outcome, request)
+    return outcome
 
 
 def resume_run(ctx: AgentContext, run_id: str) -> DraftOutcome:
+    ctx.store.decide(ctx.store.read_as or Action.GENERATE)
     record = Runner(ctx).resume(radiology_workflow(ctx), run_id)
-    return load_outcome(ctx, record)
+    outcome = load_outcome(ctx, record)
+    _log_run(ctx, outcome, DraftRequest.model_validate(record.request), resumed=True)
+    return outcome
+
+
+def _log_run(ctx: AgentContext, outcome: DraftOutcome, request: DraftRequest, *, resumed: bool = False) -> None:
+    ids = [i for i in (request.study_id, request.patient_id) if i] + list(outcome.draft.citations())
+    ctx.store.log(
+        (ctx.store.read_as or Action.GENERATE).value,
+        record_ids=ids,
+        detail={"run_id": outcome.run_id, "task": TASK, "model": outcome.model_ref, "status": outcome.status,
+                "resumed": resumed},
+    )  # fmt: skip
 
 
 def load_outcome(ctx: AgentContext, record: RunRecord) -> DraftOutcome:
@@ -365,6 +384,10 @@ def review_draft(
     """Approve (possibly edited) or reject a paused run. Idempotent under crashes: the signed record's content is
     a function of the run and the text (its time is the run's creation time), so re-running a review interrupted
     after the record was written stores nothing new and completes the run."""
+    ctx.store.decide(Action.REVIEW)
+    acting = ctx.store.access.principal.name
+    if signer is not None and signer.strip() != acting:
+        raise PolicyViolation(f"a review is signed by the acting principal ({acting}); act as {signer!r} with --as")
     runner = Runner(ctx)
     traces = runner.traces
     run = traces.get_run(run_id)
@@ -379,7 +402,7 @@ def review_draft(
         raise RunStateError(f"run {run_id} is {run.status}, not waiting for review: {hint}")
     outcome = load_outcome(ctx, run)
     request = DraftRequest.model_validate(run.request)
-    signer = (signer or getpass.getuser() or "unknown").strip()
+    signer = acting
     draft_text = report_text(outcome.findings, outcome.impression)
     draft_payload = {"findings": outcome.findings, "impression": outcome.impression, "model_ref": outcome.model_ref}
     if not approve:
@@ -459,7 +482,7 @@ def review_draft(
             ),
         ),
     )
-    ctx.store.write([record], run_id=run_id)
+    ctx.store.write([record], run_id=run_id, action=Action.REVIEW)
     stored = ctx.store.get(record.id)
     version = stored.version if stored is not None else None
     kind: FeedbackKind = "edited" if diff else "approved"

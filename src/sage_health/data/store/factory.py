@@ -23,7 +23,10 @@ def open_store(
     if must_exist and not settings.db_path.is_file():
         raise StoreError(f"no store at {settings.store}; run `sage-health ingest PATH --store {settings.store}` first")
     embedder = build_embedder(
-        settings.embedder, batch_size=settings.embed_batch_size, precision=settings.embed_precision
+        settings.embedder,
+        batch_size=settings.embed_batch_size,
+        precision=settings.embed_precision,
+        cache_dir=settings.models_dir / "onnx",
     )
     chunker = Chunker(settings.chunk_words, settings.chunk_overlap_words)
     if bm25_index is None:

@@ -7,7 +7,7 @@ the shared conformance suite in :mod:`sage_health.testing.document_store`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Literal, Protocol, runtime_checkable
 
@@ -33,6 +33,8 @@ class SearchFilters(BaseModel):
     until: datetime | None = None
     """Inclusive upper bound on ``effective``."""
     record_ids: tuple[str, ...] = ()
+    exclude_patients: tuple[str, ...] = ()
+    """Records of these patients are never returned (consent: pushed into every retriever by the policy layer)."""
 
     def is_empty(self) -> bool:
         return not (
@@ -43,6 +45,7 @@ class SearchFilters(BaseModel):
             or self.since
             or self.until
             or self.record_ids
+            or self.exclude_patients
         )
 
 
@@ -142,3 +145,14 @@ class DocumentStore(Protocol):
     def delete(self, record_ids: Sequence[str]) -> int: ...
 
     def search(self, query: SearchQuery) -> list[SearchHit]: ...
+
+
+@runtime_checkable
+class RecordReader(Protocol):
+    """The read side shared by the raw store and the governed store (what retrieval helpers and agents need)."""
+
+    def get(self, record_id: str, *, version: int | None = None) -> StoredRecord | None: ...
+
+    def search(self, query: SearchQuery) -> list[SearchHit]: ...
+
+    def iter_records(self, filters: SearchFilters | None = None) -> Iterator[StoredRecord]: ...

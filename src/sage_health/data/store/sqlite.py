@@ -259,6 +259,7 @@ class SqliteDocumentStore:
         self._sparse_lock = threading.Lock()  # serialises refreshes of the BM25 index (not held by searches)
         self._sparse = _SparseState(self._sparse_index.postings, -1, -1)
         self._candidates: dict[tuple[str, int, int], npt.NDArray[np.int64]] = {}
+        self._patients: tuple[int, frozenset[str]] | None = None
 
     # ------------------------------------------------------------------ connection & schema
     def _connect(self) -> sqlite3.Connection:
@@ -554,13 +555,31 @@ class SqliteDocumentStore:
                 yield self._stored(row, 0)
             last = rows[-1]["id"]
 
-    def delete(self, record_ids: Sequence[str]) -> int:
+    def patient_ids(self) -> frozenset[str]:
+        """Every patient id with a current record (cached per store generation)."""
+        conn = self._connect()
+        generation = self._meta_int(conn, "generation")
+        cached = self._patients
+        if cached is None or cached[0] != generation:
+            rows = conn.execute(
+                "SELECT DISTINCT patient_id FROM records WHERE is_current=1 AND patient_id IS NOT NULL"
+            ).fetchall()
+            cached = (generation, frozenset(r[0] for r in rows))
+            self._patients = cached
+        return cached[1]
+
+    def delete(self, record_ids: Sequence[str], *, also: Sequence[tuple[str, Sequence[Any]]] = ()) -> int:
+        """Remove every version, chunk, keyword entry and vector of ``record_ids`` in one transaction; ``also``
+        holds further ``(sql, params)`` statements run inside the same transaction (erasure uses it to remove a
+        patient's rows from the side tables atomically with the records)."""
         ids = list(dict.fromkeys(record_ids))
-        if not ids:
+        if not ids and not also:
             return 0
         removed = 0
         try:
             with self._txn() as conn:
+                for sql, params in also:
+                    conn.execute(sql, tuple(params))
                 for part in _batched(ids):
                     marks = ",".join("?" * len(part))
                     conn.execute(f"DELETE FROM chunks WHERE record_id IN ({marks})", tuple(part))
@@ -591,6 +610,10 @@ class SqliteDocumentStore:
             if values:
                 clauses.append(f"{alias}.{column} IN ({','.join('?' * len(values))})")
                 params.extend(values)
+        if filters.exclude_patients:
+            marks = ",".join("?" * len(filters.exclude_patients))
+            clauses.append(f"({alias}.patient_id IS NULL OR {alias}.patient_id NOT IN ({marks}))")
+            params.extend(filters.exclude_patients)
         if filters.sections and not for_records:
             clauses.append(f"{alias}.section IN ({','.join('?' * len(filters.sections))})")
             params.extend(filters.sections)

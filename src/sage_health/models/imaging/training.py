@@ -47,8 +47,7 @@ from sage_health.core.config import Settings
 from sage_health.core.errors import ConfigError, ModelError, StudyInputError
 from sage_health.core.hashing import sha256_file
 from sage_health.data.schema import DiagnosticReport, Image
-from sage_health.data.store.protocol import SearchFilters
-from sage_health.data.store.sqlite import SqliteDocumentStore
+from sage_health.data.store.protocol import RecordReader, SearchFilters
 from sage_health.models.evaluation.labeler import NO_FINDING, OBSERVATIONS, CheXpertLabeler, Label
 from sage_health.models.imaging.encoder import BACKEND, META_FILE, WEIGHTS_FILE, build_densenet121
 from sage_health.models.imaging.quality import check_image, load_pixels
@@ -175,7 +174,7 @@ def _is_chest(record: Image) -> bool:
     return any(word in body for word in _CHEST_WORDS) or (not body and record.source in CHEST_SOURCES)
 
 
-def _report_text(store: SqliteDocumentStore, study_id: str | None) -> str | None:
+def _report_text(store: RecordReader, study_id: str | None) -> str | None:
     if not study_id:
         return None
     stored = store.get(study_id)
@@ -186,9 +185,7 @@ def _report_text(store: SqliteDocumentStore, study_id: str | None) -> str | None
     return text or None
 
 
-def build_training_set(
-    store: SqliteDocumentStore, labeler: CheXpertLabeler, *, min_size: int | None = None
-) -> TrainingSet:
+def build_training_set(store: RecordReader, labeler: CheXpertLabeler, *, min_size: int | None = None) -> TrainingSet:
     """Every chest radiograph in the store with its CheXpert-style labels (see the module docstring)."""
     skipped: Counter[str] = Counter()
     pending: list[tuple[Image, str | None, LabelSource, str]] = []
@@ -384,7 +381,7 @@ def _fsync_dir_files(folder: Path) -> None:
 
 def train_image_model(
     settings: Settings,
-    store: SqliteDocumentStore,
+    store: RecordReader,
     labeler: CheXpertLabeler,
     *,
     epochs: int = 5,

@@ -1,0 +1,276 @@
+"""The governed face of the document store: every read, search, write and export asks the policy engine and is
+written to the audit log.
+
+:class:`GovernedStore` wraps a :class:`~sage_health.data.store.sqlite.SqliteDocumentStore` for one
+:class:`~sage_health.data.governance.policy.Access` (principal + purpose). Interfaces, agents, applications,
+evaluations and exports receive a ``GovernedStore``, never the raw store, so no path can forget the policy:
+
+- a denied action raises :class:`~sage_health.core.errors.PolicyViolation` (the denial is audited too);
+- when the decision excludes research opt-outs, the opted-out patient ids are pushed into the store's filters
+  (``SearchFilters.exclude_patients``), so both retrievers skip them — nothing is fetched and then hidden;
+- when the decision's view is ``deidentified``, every record and hit passes through a :class:`RecordView`
+  (de-identified text and structured fields, pseudonymous patient ids) before it leaves this class;
+- every call appends one audit event with the principal, purpose, action and the record ids returned (a query is
+  logged by its sha256 only).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from sage_health.core.config import Settings
+from sage_health.core.errors import PolicyViolation
+from sage_health.data.chunking import Chunk
+from sage_health.data.governance.audit import AuditLog
+from sage_health.data.governance.policy import RULES, Access, Action, Decision, PolicyEngine, audit_record_ids
+from sage_health.data.schema import Image, RecordBase
+from sage_health.data.store.protocol import SearchFilters, SearchHit, SearchQuery, StoredRecord, WriteResult
+from sage_health.data.store.sqlite import SqliteDocumentStore
+
+
+class RecordView(Protocol):
+    """Turns identified records and hits into the de-identified view a researcher may see."""
+
+    def record(self, stored: StoredRecord) -> StoredRecord: ...
+
+    def hit(self, hit: SearchHit) -> SearchHit: ...
+
+    def text(self, text: str, patient_id: str | None) -> str: ...
+
+    def resolve_patient(self, patient_ref: str, store: SqliteDocumentStore) -> str | None:
+        """The real patient id behind a pseudonym shown in this view (``None`` if unknown)."""
+        ...
+
+
+@dataclass
+class GovernedStore:
+    """A store bound to one principal and purpose. Cheap; build one per request or command."""
+
+    store: SqliteDocumentStore
+    access: Access
+    policy: PolicyEngine
+    audit: AuditLog
+    view: RecordView | None = None
+    """The de-identified view; required for principals whose decisions say ``deidentified``."""
+    read_as: Action | None = None
+    """When set, reads and searches are decided as this action (e.g. ``train``: secondary use, consent applies)."""
+    _opted_out: tuple[str, ...] | None = field(default=None, repr=False)
+
+    def over(self, store: SqliteDocumentStore) -> GovernedStore:
+        """The same principal, purpose, policy, audit log and view over another store (e.g. an evaluation's
+        retrieval memory built from a train file)."""
+        return GovernedStore(
+            store=store, access=self.access, policy=self.policy, audit=self.audit, view=self.view, read_as=self.read_as
+        )
+
+    def acting(self, action: Action) -> GovernedStore:
+        """A copy whose reads and searches are decided (and audited) as ``action``: a training job's reads are
+        ``train``, an evaluation's are ``evaluate``, so research opt-outs apply to them whatever the purpose."""
+        self.decide(action)
+        return GovernedStore(
+            store=self.store, access=self.access, policy=self.policy, audit=self.audit, view=self.view, read_as=action
+        )
+
+    # ------------------------------------------------------------------ policy + audit helpers
+    def decide(self, action: Action, *, detail: dict[str, Any] | None = None) -> Decision:
+        """Ask the policy engine; a denial is audited and raised as :class:`PolicyViolation`."""
+        decision = self.policy.decide(self.access, action)
+        if not decision.allowed:
+            self.log(Action(action).value, detail={**(detail or {}), "denied": decision.reason}, outcome="denied")
+            raise PolicyViolation(decision.reason)
+        if decision.view == "deidentified" and self.view is None:
+            raise PolicyViolation(
+                f"{self.access.label} may only see de-identified data, and no de-identifier is configured"
+            )
+        return decision
+
+    def log(
+        self,
+        action: str,
+        *,
+        record_ids: Sequence[str] = (),
+        query: str | None = None,
+        detail: dict[str, Any] | None = None,
+        outcome: str = "ok",
+    ) -> None:
+        ids = audit_record_ids(record_ids)
+        info = {"outcome": outcome, **(detail or {})}
+        if len(record_ids) > len(ids):
+            info["record_count"] = len(record_ids)
+        self.audit.append(
+            principal=self.access.principal.name,
+            purpose=self.access.purpose,
+            action=action,
+            record_ids=ids,
+            query=query,
+            detail=info,
+        )
+
+    def opted_out(self) -> tuple[str, ...]:
+        if self._opted_out is None:
+            self._opted_out = self.policy.opted_out()
+        return self._opted_out
+
+    def _filters(self, filters: SearchFilters, decision: Decision) -> SearchFilters:
+        update: dict[str, Any] = {}
+        if decision.view == "deidentified" and filters.patient_id and self.view is not None:
+            real = self.view.resolve_patient(filters.patient_id, self.store)
+            # an unknown pseudonym must match nothing, never everything
+            update["patient_id"] = real or f"unknown-pseudonym:{filters.patient_id}"
+        if decision.exclude_opted_out:
+            excluded = self.opted_out()
+            if excluded:
+                update["exclude_patients"] = tuple(sorted({*filters.exclude_patients, *excluded}))
+        return filters.model_copy(update=update) if update else filters
+
+    def _visible(self, stored: StoredRecord, decision: Decision) -> bool:
+        patient = stored.record.patient_id
+        return not (decision.exclude_opted_out and patient is not None and patient in self.opted_out())
+
+    def _out_record(self, stored: StoredRecord, decision: Decision) -> StoredRecord:
+        if decision.view == "deidentified" and self.view is not None:
+            out = self.view.record(stored)
+            if decision.action == Action.TRAIN and isinstance(stored.record, Image):
+                # a training job reads the pixels themselves: it gets the file reference (never displayed) of an
+                # otherwise de-identified record; pixel data is not de-identified (burned-in text is out of scope)
+                record = out.record.model_copy(update={"pixel_ref": stored.record.pixel_ref})
+                out = out.model_copy(update={"record": record})
+            return out
+        return stored
+
+    def _out_hit(self, hit: SearchHit, decision: Decision) -> SearchHit:
+        if decision.view == "deidentified" and self.view is not None:
+            return self.view.hit(hit)
+        return hit
+
+    def _resolve_id(self, record_id: str, decision: Decision) -> str | None:
+        """The stored id behind ``record_id`` as the caller's view names it (``None``: not visible by that name).
+
+        In the de-identified view a patient is named by pseudonym only: a pseudonym resolves to the real id, and
+        a real patient id is not found."""
+        if decision.view != "deidentified" or self.view is None:
+            return record_id
+        real = self.view.resolve_patient(record_id, self.store)
+        if real is not None:
+            return real
+        return None if record_id in self.store.patient_ids() else record_id
+
+    # ------------------------------------------------------------------ reads
+    def search(self, query: SearchQuery, *, action: Action | None = None) -> list[SearchHit]:
+        decision = self.decide(action or self.read_as or Action.SEARCH)
+        filters = self._filters(query.filters, decision)
+        hits = self.store.search(query.model_copy(update={"filters": filters}))
+        out = [self._out_hit(h, decision) for h in hits]
+        self.log(
+            decision.action.value,
+            record_ids=[h.record_id for h in hits],
+            query=query.text,
+            detail={"mode": query.mode, "k": query.k, "hits": len(hits), "view": decision.view,
+                    "consent_excluded": len(filters.exclude_patients)},
+        )  # fmt: skip
+        return out
+
+    def get(self, record_id: str, *, version: int | None = None) -> StoredRecord | None:
+        decision = self.decide(self.read_as or Action.READ)
+        real_id = self._resolve_id(record_id, decision)
+        if real_id is None:
+            self.log("read", detail={"found": False})
+            return None
+        stored = self.store.get(real_id, version=version)
+        if stored is not None and not self._visible(stored, decision):
+            self.log(decision.action.value, record_ids=[real_id], detail={"withheld": "research opt-out"},
+                     outcome="withheld")  # fmt: skip
+            return None
+        self.log(decision.action.value, record_ids=[real_id] if stored else [], detail={"found": stored is not None})
+        return self._out_record(stored, decision) if stored is not None else None
+
+    def history(self, record_id: str) -> list[StoredRecord]:
+        decision = self.decide(self.read_as or Action.READ)
+        real_id = self._resolve_id(record_id, decision)
+        if real_id is None:
+            return []
+        versions = [s for s in self.store.history(real_id) if self._visible(s, decision)]
+        self.log("read", record_ids=[real_id] if versions else [], detail={"versions": len(versions)})
+        return [self._out_record(s, decision) for s in versions]
+
+    def chunks_of(self, record_id: str) -> list[Chunk]:
+        """The chunks of a visible record (texts through the view)."""
+        decision = self.decide(self.read_as or Action.READ)
+        real_id = self._resolve_id(record_id, decision)
+        stored = self.store.get(real_id) if real_id is not None else None
+        if stored is None or not self._visible(stored, decision):
+            return []
+        chunks = self.store.chunks_of(stored.record.id)
+        if decision.view == "deidentified" and self.view is not None:
+            view = self.view
+            chunks = [c.model_copy(update={"text": view.text(c.text, stored.record.patient_id)}) for c in chunks]
+        return chunks
+
+    def iter_records(
+        self, filters: SearchFilters | None = None, *, action: Action | None = None, batch: int = 1000
+    ) -> Iterator[StoredRecord]:
+        """Current records matching ``filters`` (consent exclusions pushed into the query); one audit event
+        with the ids handed out, written when the iteration ends or is abandoned."""
+        decision = self.decide(action or self.read_as or Action.READ)
+        pushed = self._filters(filters or SearchFilters(), decision)
+        seen: list[str] = []
+        try:
+            for stored in self.store.iter_records(pushed, batch=batch):
+                seen.append(stored.record.id)
+                yield self._out_record(stored, decision)
+        finally:
+            self.log(
+                decision.action.value,
+                record_ids=seen,
+                detail={"records": len(seen), "view": decision.view,
+                        "consent_excluded": len(pushed.exclude_patients)},
+            )  # fmt: skip
+
+    def stats(self) -> dict[str, Any]:
+        """Aggregate counts (no record content): any known principal may ask."""
+        result = self.store.stats()
+        self.log("stats")
+        return result
+
+    # ------------------------------------------------------------------ writes
+    def write(
+        self, records: Sequence[RecordBase], *, run_id: str | None = None, action: Action = Action.INGEST
+    ) -> WriteResult:
+        decision = self.decide(action)
+        result = self.store.write(records, run_id=run_id)
+        self.log(
+            decision.action.value,
+            record_ids=[*result.inserted_ids, *result.updated_ids],
+            detail={"run_id": run_id, "inserted": result.inserted, "updated": result.updated,
+                    "unchanged": result.unchanged},
+        )  # fmt: skip
+        return result
+
+    @property
+    def path(self) -> Any:
+        return self.store.path
+
+
+def open_governed(
+    settings: Settings, store: SqliteDocumentStore, *, principal: str | None = None, purpose: str | None = None
+) -> GovernedStore:
+    """The governed store for ``settings.principal`` / ``settings.purpose`` (or the explicit overrides).
+
+    A missing principal or purpose, an unknown principal or purpose is a :class:`PolicyViolation` with a fix."""
+    who = principal or settings.principal
+    why = purpose or settings.purpose
+    if not who:
+        raise PolicyViolation(
+            "no principal given: pass --as NAME or set SAGE_PRINCIPAL "
+            "(built-ins: clinician, researcher, data_steward, admin)"
+        )
+    policy = PolicyEngine(settings.db_path)
+    access = policy.access(who, why)
+    view = None
+    if any(r.view == "deidentified" for r in RULES if r.role == access.principal.role):
+        from sage_health.data.governance.views import build_view
+
+        view = build_view(settings)
+    return GovernedStore(store=store, access=access, policy=policy, audit=AuditLog.for_settings(settings), view=view)

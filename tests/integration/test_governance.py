@@ -1,0 +1,253 @@
+"""Governance through the real store: the policy matrix (role x purpose x consent x action), consent pushed into
+queries, erasure without orphans and with tainted lineage, principals and consent errors, everything audited."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from sage_health.core.config import Settings
+from sage_health.core.errors import PolicyViolation, ValidationError
+from sage_health.data.embed import MiniLMEmbedder
+from sage_health.data.governance.access import GovernedStore, open_governed
+from sage_health.data.governance.audit import AuditLog
+from sage_health.data.governance.erasure import erase_patient
+from sage_health.data.governance.lineage import Edge, LineageStore, record_node, snapshot_node
+from sage_health.data.governance.policy import RULES, Action, PolicyEngine, read_consent_file
+from sage_health.data.ingest.pipeline import IngestPipeline
+from sage_health.data.store.protocol import SearchFilters, SearchQuery
+from sage_health.data.store.sqlite import SqliteDocumentStore
+from sage_health.interfaces.cli import app
+from sage_health.models.registry import ModelRegistry
+
+pytestmark = pytest.mark.integration
+
+BUNDLES = 3
+ACCESS = {
+    "clinician": "treatment",
+    "researcher": "research",
+    "data_steward": "operations",
+    "admin": "operations",
+}
+
+
+@pytest.fixture(scope="module")
+def env(
+    tmp_path_factory: pytest.TempPathFactory, data_dir: Path, embedder: MiniLMEmbedder
+) -> Iterator[tuple[Settings, SqliteDocumentStore]]:
+    root = tmp_path_factory.mktemp("governance")
+    src = root / "bundles"
+    src.mkdir()
+    for bundle in sorted((data_dir / "synthea_fhir_r4" / "bundles").glob("*.json"))[:BUNDLES]:
+        (src / bundle.name).write_bytes(bundle.read_bytes())
+    settings = Settings(store=root / "store", data_dir=data_dir)
+    with SqliteDocumentStore(settings.db_path, embedder) as store:
+        report = IngestPipeline(store, batch_records=512).run([src], command="governance-test")
+        assert not report.problems
+        yield settings, store
+
+
+def _patients(store: SqliteDocumentStore) -> list[str]:
+    return sorted(store.patient_ids())
+
+
+def _as(settings: Settings, store: SqliteDocumentStore, role: str, purpose: str | None = None) -> GovernedStore:
+    return open_governed(settings, store, principal=role, purpose=purpose or ACCESS[role])
+
+
+def test_policy_matrix_role_purpose_action(env: tuple[Settings, SqliteDocumentStore]) -> None:
+    settings, _store = env
+    engine = PolicyEngine(settings.db_path)
+    for role in ACCESS:
+        for purpose in ("treatment", "research", "operations"):
+            access = engine.access(role, purpose)
+            rule = next((r for r in RULES if r.role == role and r.purpose == purpose), None)
+            for action in Action:
+                decision = engine.decide(access, action)
+                expected = rule is not None and action in rule.actions
+                assert decision.allowed == expected, (role, purpose, action)
+                if not expected:
+                    assert role in decision.reason
+                else:
+                    assert rule is not None
+                    assert decision.view == rule.view
+                    secondary = purpose == "research" or action in (Action.EXPORT, Action.SNAPSHOT, Action.TRAIN,
+                                                                     Action.EVALUATE)  # fmt: skip
+                    assert decision.exclude_opted_out == secondary
+    # the key promises, spelled out
+    assert not engine.decide(engine.access("researcher", "research"), Action.ERASE).allowed
+    assert not engine.decide(engine.access("admin", "operations"), Action.ERASE).allowed
+    assert engine.decide(engine.access("data_steward", "operations"), Action.ERASE).allowed
+    assert engine.decide(engine.access("clinician", "treatment"), Action.READ).view == "identified"
+    assert engine.decide(engine.access("researcher", "research"), Action.READ).view == "deidentified"
+
+
+def test_denials_are_policy_violations_and_audited(env: tuple[Settings, SqliteDocumentStore]) -> None:
+    settings, store = env
+    researcher = _as(settings, store, "researcher")
+    before = len(AuditLog.for_settings(settings).events(action="erase"))
+    with pytest.raises(PolicyViolation, match=r"researcher \(researcher, research\) may not erase"):
+        researcher.decide(Action.ERASE)
+    denied = AuditLog.for_settings(settings).events(action="erase")
+    assert len(denied) == before + 1
+    assert denied[-1].detail["outcome"] == "denied"
+    with pytest.raises(PolicyViolation, match="may not act for purpose 'research'"):
+        _as(settings, store, "clinician", "research").decide(Action.READ)
+    with pytest.raises(PolicyViolation, match="unknown principal 'mallory'"):
+        open_governed(settings, store, principal="mallory", purpose="research")
+    with pytest.raises(PolicyViolation, match="a purpose of use is required"):
+        open_governed(settings, store, principal="clinician", purpose=None)
+    with pytest.raises(PolicyViolation, match="no principal given"):
+        open_governed(settings, store)
+
+
+def test_consent_opt_out_is_pushed_into_research_queries_not_treatment(
+    env: tuple[Settings, SqliteDocumentStore],
+) -> None:
+    settings, store = env
+    patients = _patients(store)
+    opted = patients[0]
+    steward = _as(settings, store, "data_steward")
+    engine = steward.policy
+    engine.record_consent(opted, "opt_out", by=steward.access, effective_from="2000-01-01", reason="form 17")
+    assert opted in engine.opted_out()
+    clinician = _as(settings, store, "clinician")
+    researcher = _as(settings, store, "researcher")
+    query = SearchQuery(text="encounter condition observation", k=200, mode="bm25")
+    treated = {h.patient_id for h in clinician.search(query)}
+    assert opted in treated  # treatment access is unaffected by a research opt-out
+    hits = researcher.search(query)
+    assert hits
+    pseudonyms = {h.patient_id for h in hits}
+    assert all(p is None or p.startswith("pseudo-") for p in pseudonyms)
+    view = researcher.view
+    assert view is not None
+    opted_pseudonym = view.resolve_patient  # resolve back through the view, as the governed store does
+    real = {opted_pseudonym(p, store) for p in pseudonyms if p}
+    assert opted not in real
+    assert real
+    # every record read of the opted-out patient is withheld for research, and the withholding is audited
+    assert researcher.get(opted) is None
+    assert researcher.get(opted) is None
+    records = list(researcher.iter_records(SearchFilters(resource_types=("Patient",))))
+    assert len(records) == len(patients) - 1
+    assert all(r.record.patient_id and r.record.patient_id.startswith("pseudo-") for r in records)
+    # a real patient id is not a handle a researcher can use
+    assert researcher.get(patients[1]) is None
+    # a later opt-in restores research use
+    engine.record_consent(opted, "opt_in", by=steward.access, effective_from="2001-01-01")
+    assert opted not in engine.opted_out()
+    engine.record_consent(opted, "opt_out", by=steward.access, effective_from="2002-01-01")
+
+
+def test_search_and_read_events_carry_ids_and_query_hashes_only(env: tuple[Settings, SqliteDocumentStore]) -> None:
+    settings, store = env
+    clinician = _as(settings, store, "clinician")
+    query_text = "hypertension follow-up for a named person"
+    hits = clinician.search(SearchQuery(text=query_text, k=3))
+    event = AuditLog.for_settings(settings).events(action="search")[-1]
+    assert event.principal == "clinician"
+    assert event.purpose == "treatment"
+    assert list(event.record_ids) == [h.record_id for h in hits]
+    assert event.query_sha256 is not None
+    assert query_text not in json.dumps(event.model_dump())
+    assert AuditLog.for_settings(settings).verify().ok
+
+
+def test_principals_and_consent_bad_input(env: tuple[Settings, SqliteDocumentStore], tmp_path: Path) -> None:
+    settings, store = env
+    admin = _as(settings, store, "admin")
+    engine = admin.policy
+    added = engine.add_principal("dr.jones", "clinician", by=admin.access)
+    assert (added.role, added.builtin) == ("clinician", False)
+    with pytest.raises(ValidationError, match="already exists"):
+        engine.add_principal("dr.jones", "clinician", by=admin.access)
+    with pytest.raises(ValidationError, match="unknown role 'surgeon'"):
+        engine.add_principal("dr.who", "surgeon", by=admin.access)
+    with pytest.raises(PolicyViolation, match="may not principals"):
+        engine.add_principal("x.y", "admin", by=_as(settings, store, "clinician").access)
+    with pytest.raises(PolicyViolation, match="may not consent"):
+        engine.record_consent("p", "opt_out", by=admin.access)
+    steward = _as(settings, store, "data_steward").access
+    before = len(engine.consents())
+    bad = tmp_path / "consent.csv"
+    bad.write_text("patient_id,decision\nsynthea/Patient/a,opt_out\nsynthea/Patient/b,maybe\n", encoding="utf-8")
+    with pytest.raises(ValidationError, match=r"consent.csv: row 2: decision must be opt_out or opt_in"):
+        engine.import_consents(read_consent_file(bad), by=steward, where=f"{bad.name}: ")
+    assert len(engine.consents()) == before  # all or nothing
+    broken = tmp_path / "consent.json"
+    broken.write_text('[{"patient_id": "a", "decision": "opt_out"', encoding="utf-8")
+    with pytest.raises(ValidationError, match=r"consent\.json: not valid JSON"):
+        read_consent_file(broken)
+    dated = tmp_path / "dated.jsonl"
+    dated.write_text('{"patient_id": "a", "decision": "opt_out", "effective_from": "March"}\n', encoding="utf-8")
+    with pytest.raises(ValidationError, match="effective_from: 'March' is not a date"):
+        engine.import_consents(read_consent_file(dated), by=steward)
+
+
+def test_cli_needs_principal_and_purpose(env: tuple[Settings, SqliteDocumentStore]) -> None:
+    settings, _ = env
+    runner = CliRunner(env={"SAGE_PRINCIPAL": "", "SAGE_PURPOSE": ""})
+    store = str(settings.store)
+    missing = runner.invoke(app, ["search", "asthma", "--store", store])
+    assert missing.exit_code == 1
+    assert "no principal given" in missing.output
+    no_purpose = runner.invoke(app, ["search", "asthma", "--store", store, "--as", "clinician"])
+    assert no_purpose.exit_code == 1
+    assert "a purpose of use is required" in no_purpose.output
+    wrong = runner.invoke(app, ["erase", "--patient", "x", "--reason", "r", "--store", store, "--as", "researcher",
+                                "--purpose", "research"])  # fmt: skip
+    assert wrong.exit_code == 1
+    assert "may not erase" in wrong.output
+    verified = runner.invoke(app, ["audit", "verify", "--store", store, "--as", "data_steward", "--purpose",
+                                   "operations", "--json"])  # fmt: skip
+    assert verified.exit_code == 0, verified.output
+    assert json.loads(verified.stdout)["ok"] is True
+
+
+def test_erasure_removes_everything_taints_lineage_and_keeps_the_store_consistent(
+    env: tuple[Settings, SqliteDocumentStore],
+) -> None:
+    settings, store = env
+    victim = _patients(store)[-1]
+    steward = _as(settings, store, "data_steward")
+    ids = [s.record.id for s in store.iter_records(SearchFilters(patient_id=victim))]
+    assert len(ids) > 10
+    # a snapshot holding one of the patient's records, and a model trained on it
+    lineage = LineageStore(settings.db_path)
+    snap = snapshot_node("cohort", "abc123")
+    lineage.add([Edge(record_node(ids[0]), snap, "in_snapshot")])
+    registry = ModelRegistry(settings.db_path)
+    model = registry.register("summary-lm", backend="extractive", dataset_snapshot_id="cohort@abc123")
+    with pytest.raises(PolicyViolation, match="may not erase"):
+        erase_patient(_as(settings, store, "admin"), victim, reason="request 42")
+    result = erase_patient(steward, victim, reason="right to erasure, request 42")
+    assert result.records == len(set(ids))
+    assert result.consistent, result.problems
+    assert snap in result.tainted
+    assert f"model:summary-lm@{model.version}" in result.tainted
+    # nothing of the patient is left: records, versions, chunks, vectors, FTS rows
+    conn = store.connection
+    assert (
+        conn.execute("SELECT count(*) FROM records WHERE patient_id = ? OR id = ?", (victim, victim)).fetchone()[0] == 0
+    )
+    assert conn.execute("SELECT count(*) FROM chunks WHERE patient_id = ?", (victim,)).fetchone()[0] == 0
+    assert store.check()["ok"]
+    clinician = _as(settings, store, "clinician")
+    assert clinician.get(victim) is None
+    everything = clinician.search(SearchQuery(text="encounter condition observation patient", k=500, mode="bm25"))
+    assert victim not in {h.patient_id for h in everything}
+    assert not list(clinician.iter_records(SearchFilters(patient_id=victim)))
+    # tainted model cannot be promoted; the erasure is in the audit log (started + done), reason as a hash only
+    with pytest.raises(Exception, match="tainted"):
+        registry.promote("summary-lm", model.version, actor="admin")
+    events = [e for e in AuditLog.for_settings(settings).events(action="erase") if victim in e.record_ids]
+    assert [e.detail["outcome"] for e in events] == ["started", "ok"]
+    assert "request 42" not in json.dumps([e.model_dump() for e in events])
+    with pytest.raises(ValidationError, match="no records of patient"):
+        erase_patient(steward, victim, reason="again")
+    assert AuditLog.for_settings(settings).verify().ok
