@@ -2,9 +2,11 @@
 and eponym over-redaction on IU X-ray + MedQuAD sentences. Targets (issue 5): strict recall >= 0.95 on NAME, DATE,
 PHONE, EMAIL, SSN, ADDRESS; over-redaction of eponyms <= 5 %; overall precision >= 0.8.
 
-The dev file has no US_SSN span (stated by the evaluation as ``missing_target_labels``). NAME and ADDRESS do not reach
-0.95 with the general rules (the file is general-domain and international: lower-case names, names without any cue,
-European street layouts); their targets are strict xfails, and a floor guards the measured level.
+The dev file has no US_SSN span (stated by the evaluation as ``missing_target_labels``). NAME and ADDRESS (the file is
+general-domain and international: lower-case names, enumerations of names, European address blocks) reach 0.95 with
+general rules (name lists and name lines, sentence-initial names before person verbs, address blocks with unit and
+country lines, "the corner of ... and ...", Hungarian/Polish street types); the relaxed recall and precision floors
+guard the rest.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ def evaluation(data_dir: Path) -> DeidEvaluation:
     return evaluate(PresidioDeidentifier(b"eval-test-key-0123456789abcdefgh"), data_dir, mode="surrogate")
 
 
-@pytest.mark.parametrize("label", ["DATE", "PHONE", "EMAIL"])
+@pytest.mark.parametrize("label", ["NAME", "ADDRESS", "DATE", "PHONE", "EMAIL"])
 def test_strict_recall_target_met(evaluation: DeidEvaluation, label: str) -> None:
     metrics = evaluation.spans.label(label)
     assert metrics.support > 0
@@ -38,15 +40,7 @@ def test_strict_recall_target_met(evaluation: DeidEvaluation, label: str) -> Non
     assert metrics.meets_target is True
 
 
-@pytest.mark.parametrize("label", ["NAME", "ADDRESS"])
-@pytest.mark.xfail(reason="general rules stay below 0.95 strict recall on this international dev set", strict=True)
-def test_strict_recall_target_not_yet_met(evaluation: DeidEvaluation, label: str) -> None:
-    recall = evaluation.spans.label(label).recall_strict
-    assert recall is not None
-    assert recall >= TARGET_RECALL
-
-
-@pytest.mark.parametrize(("label", "floor"), [("NAME", 0.85), ("ADDRESS", 0.70), ("ID", 0.95), ("URL", 0.95)])
+@pytest.mark.parametrize(("label", "floor"), [("NAME", 0.95), ("ADDRESS", 0.95), ("ID", 0.95), ("URL", 0.95)])
 def test_recall_floor(evaluation: DeidEvaluation, label: str, floor: float) -> None:
     metrics = evaluation.spans.label(label)
     assert metrics.recall_strict is not None
@@ -66,7 +60,10 @@ def test_precision_and_rule_are_reported(evaluation: DeidEvaluation, data_dir: P
     assert spans.gold_spans > 1000
     assert spans.neutral_gold_spans > 0
     assert spans.overall.precision_strict is not None
-    assert spans.overall.precision_strict >= 0.8
+    assert spans.overall.precision_strict >= 0.9
+    name_precision = spans.label("NAME").precision_strict
+    assert name_precision is not None
+    assert name_precision >= 0.8
     assert "every alphanumeric character" in spans.matching_rule
     assert spans.texts_per_second > 10
 

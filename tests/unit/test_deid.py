@@ -178,6 +178,68 @@ def test_synthea_style_and_uppercase_names(deid: PresidioDeidentifier) -> None:
     assert "JOHN SMITH" in found["NAME"]
 
 
+def _covered(deid: PresidioDeidentifier, text: str, value: str) -> bool:
+    """Every alphanumeric character of ``value`` (its first occurrence in ``text``) lies in a detected span."""
+    start = text.index(value)
+    spans = deid.detect(text)
+    return all(any(s.start <= i < s.end for s in spans) for i in range(start, start + len(value)) if text[i].isalnum())
+
+
+@pytest.mark.parametrize(
+    ("text", "values"),
+    [
+        # an address block: street, unit line, city line, a blank line, then "Country ZIP"
+        (
+            "Please ship it to 4410 Lindenweg 21\n Suite 8\n Arnhem\n\n Netherlands 6811",
+            ["4410 Lindenweg 21", "Suite 8", "Arnhem", "Netherlands 6811"],
+        ),
+        ("??? 12 calle mayor 5\n??? apt. 3\n??? spain 28013", ["calle mayor 5", "apt. 3", "spain 28013"]),
+        ("Our office is at ul. Kwiatowa 8, Kraków, Poland.", ["ul. Kwiatowa 8", "Kraków", "Poland"]),
+        ("Meet me at 12 Petőfi Sándor u. 3. tomorrow", ["12 Petőfi Sándor u. 3"]),
+        ("We met at the corner of Rue Cler and Avenue Rapp.", ["the corner of Rue Cler and Avenue Rapp"]),
+        ("psc 1234, box 5678\napo ae 09012", ["psc 1234, box 5678\napo ae 09012"]),
+        ("He lives on the east side of Ravnikar Ulica 17.", ["Ravnikar Ulica 17"]),
+        ("The depot is at 5120 88 Kallio Rinne", ["5120 88 Kallio Rinne"]),
+        ("Send it to 40 Harbour Road Unit 2 Nelson New Zealand", ["40 Harbour Road Unit 2 Nelson New Zealand"]),
+    ],
+)
+def test_international_addresses(deid: PresidioDeidentifier, text: str, values: list[str]) -> None:
+    for value in values:
+        assert _covered(deid, text, value), value
+
+
+@pytest.mark.parametrize(
+    ("text", "values"),
+    [
+        ("Our founders: Zorvan, Miller and Jansen.", ["Zorvan", "Miller", "Jansen"]),  # an enumeration of names
+        ("residents: sven, ingrid, maren and joachim.", ["sven", "ingrid", "maren", "joachim"]),
+        ("Tavrin spent two years in Oslo.", ["Tavrin"]),  # a sentence-initial name before a person verb
+        ("Ingrid, can you call me back?", ["Ingrid"]),  # addressed by name
+        ("signed: maria k nowak", ["maria k nowak"]),  # a lower-case middle initial
+        ("my name is zofija", ["zofija"]),
+        ("Laura Hides\n\n12 Main Street", ["Laura Hides"]),  # a line that is only a name
+        ("please change it to Ines Pagan", ["Ines Pagan"]),  # a given name, then the surname
+    ],
+)
+def test_names_without_titles(deid: PresidioDeidentifier, text: str, values: list[str]) -> None:
+    for value in values:
+        assert _covered(deid, text, value), value
+
+
+@pytest.mark.parametrize(
+    "sentence",
+    [
+        "A condition called claudication is characterized by cramping.",
+        "Admitted on Day 3 in Stage 2 of Grade 4 at Level 5.",
+        "Parkinson, Huntington and Wilson disease were discussed.",
+        "Heart Size\nNormal Chest",
+        "7 Songwriters Of The 80s You Should Know",
+    ],
+)
+def test_new_rules_leave_clinical_and_plain_text_alone(deid: PresidioDeidentifier, sentence: str) -> None:
+    assert [s.text for s in deid.detect(sentence) if s.label in ("NAME", "ADDRESS", "LOCATION")] == []
+
+
 def test_structured_fhir_patient_by_rule(deid: PresidioDeidentifier) -> None:
     patient = {
         "resourceType": "Patient",

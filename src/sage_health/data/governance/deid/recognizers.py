@@ -13,6 +13,7 @@ from functools import cache
 from typing import Final
 
 from sage_health.data.governance.deid.lexicon import (
+    MEDICAL_EPONYMS,
     common_words,
     english_words,
     eponym_spans,
@@ -255,40 +256,61 @@ class _AddressPatterns:
     street: re.Pattern[str]
     prefix_street: re.Pattern[str]
     ending_street: re.Pattern[str]
+    short_prefix_street: re.Pattern[str]
+    abbrev_suffix_street: re.Pattern[str]
+    lower_street: re.Pattern[str]
+    lower_prefix_street: re.Pattern[str]
+    numbers_words: re.Pattern[str]
     unit: re.Pattern[str]
     po_box: re.Pattern[str]
     military: re.Pattern[str]
     block_part: re.Pattern[str]
     city_state_zip: re.Pattern[str]
     number_words_number: re.Pattern[str]
+    words_number: re.Pattern[str]
     cued_street: re.Pattern[str]
+    corner: re.Pattern[str]
     trailing_place: re.Pattern[str]
+    lower_tail: re.Pattern[str]
 
 
-_CAP_WORD = r"(?:[A-ZÀ-ÞĀ-Ž][\w'\u2019.\-]*|\d{1,3}(?:st|nd|rd|th)|[A-Z])"
+_UPPER = "A-ZÀ-ÖØ-ÞĀ-ŽΆ-ΏΑ-ΫЀ-Я"
+_CAP_WORD = rf"(?:[{_UPPER}][\w'\u2019.\-]*|[dlDL]['\u2019][{_UPPER}][\w'\u2019.\-]*|\d{{1,3}}(?:st|nd|rd|th)|[A-Z])"
 _PARTICLE = r"(?:de|del|della|delle|dei|degli|di|da|do|dos|das|du|des|la|le|les|van|von|der|den|het|of|the|y|e|i)"
+_UNIT = (
+    r"(?:(?i:apt|apartment|suite|ste|unit|room|rm|floor|fl|bldg|building|flat|no)\.?\s*#?\s*[A-Za-z]?\d{1,5}"
+    r"[A-Za-z]?|#\s*\d{1,5}[A-Za-z]?)"
+)
+_LOWER_SUFFIXES: Final = frozenset({"st", "str", "ave", "rd", "blvd", "ln", "dr"})
+#: Street-type words before the name that are not English words, so that they count in lower-case text too.
+_LOWER_PREFIXES: Final = (
+    "rue", "calle", "rua", "rúa", "avenida", "avda", "strada", "ulica", "ul.", "piazza", "viale", "corso", "trg",
+    "carrer", "travessa", "largo", "vicolo", "chemin", "boulevard", "avenue", "allée", "odos", "leoforos",
+)  # fmt: skip
+_HOUSE_NUMBER = r"\d{1,6}[A-Za-z]?(?:[\-/]\d{1,4}[A-Za-z]?)?"
 
 
 @cache
 def _address_patterns() -> _AddressPatterns:
     places = place_lexicon()
     suffix = "|".join(re.escape(s) for s in sorted(places.street_suffixes, key=len, reverse=True))
+    # "Road", "ROAD" and, for a few abbreviations, "st"/"rd" (a lower-case "road" is a word, not a street type)
+    cased = {v for s in places.street_suffixes for v in (s.title(), s.upper()) if not s[:1].isdigit()}
+    cased |= _LOWER_SUFFIXES
+    suffix_cased = "|".join(re.escape(s) for s in sorted(cased, key=len, reverse=True))
     prefix = "|".join(
         re.escape(p) for p in sorted(places.street_prefixes, key=len, reverse=True) if len(p.rstrip(".")) >= 3
     )
     endings = "|".join(re.escape(e) for e in sorted(set(places.street_word_endings), key=len, reverse=True))
-    number = r"\d{1,6}[A-Za-z]?(?:[\-/]\d{1,4}[A-Za-z]?)?"
-    unit = (
-        r"(?:(?i:apt|apartment|suite|ste|unit|room|rm|floor|fl|bldg|building|flat|no)\.?\s*#?\s*[A-Za-z]?\d{1,5}"
-        r"[A-Za-z]?|#\s*\d{1,5}[A-Za-z]?)"
-    )
+    number = _HOUSE_NUMBER
+    unit = _UNIT
     direction = r"(?:(?:[NSEW]|NE|NW|SE|SW|North|South|East|West)\.?\s+)?"
     street = re.compile(
         rf"(?<![\w\-/.])(?:\d{{1,6}}[ \t]+){{0,2}}{number}[ \t]+{direction}(?:{_CAP_WORD}[ \t]+){{0,4}}"
-        rf"(?P<suffix>(?i:{suffix}))\b\.?(?:[ \t]+(?:[NSEW]|NE|NW|SE|SW)\b\.?)?(?:,?[ \t]*{unit})?"
+        rf"(?P<suffix>{suffix_cased})\b\.?(?:[ \t]+(?:[NSEW]|NE|NW|SE|SW)\b\.?)?(?:,?[ \t]*{unit})?"
     )
     prefix_street = re.compile(
-        rf"(?<![\w\-])(?:\d{{1,6}}[ \t]+)?(?P<prefix>(?i:{prefix}))\.?[ \t]+"
+        rf"(?<![\w\-])(?:\d{{1,6}}[ \t]+){{0,2}}(?P<prefix>(?i:{prefix}))\.?[ \t]+"
         rf"(?:(?:{_CAP_WORD}|{_PARTICLE})[ \t]+){{0,4}}"
         rf"{_CAP_WORD}(?:,?[ \t]+{number}\b\.?)?(?:,?[ \t]*{unit})?"
     )
@@ -301,6 +323,32 @@ def _address_patterns() -> _AddressPatterns:
         street=street,
         prefix_street=prefix_street,
         ending_street=ending_street,
+        # abbreviated street types before the name: "ul. Lipowa 4", "al. Jana Pawła 5", "12 Av Mohammed V"
+        # (a house number before or after is required; checked by the caller)
+        short_prefix_street=re.compile(
+            rf"(?<![\w\-])(?:\d{{1,6}}[ \t]+){{0,2}}(?:(?i:ul|al|pl|os|avda|av)\.|Av|AV|Avda)[ \t]+"
+            rf"(?:(?:{_CAP_WORD}|{_PARTICLE})[ \t]+){{0,3}}{_CAP_WORD}(?:,?[ \t]+{number}\b\.?)?(?:,?[ \t]*{unit})?"
+        ),
+        # Hungarian and similar street types after the name: "Kossuth u. 7.", "Andrássy út 12", "Petőfi tér 3"
+        abbrev_suffix_street=re.compile(
+            rf"(?<![\w\-/.])(?:\d{{1,6}}[ \t]+){{0,2}}(?:{_CAP_WORD}[ \t]+){{1,3}}(?:u\.|utca|út|útja|krt\.|körút|tér"
+            rf"|sor|köz|fasor|rakpart)[ \t]+{number}\b\.?(?:,?[ \t]*{unit})?"
+        ),
+        # lower-case "1200 34 second avenue": house number(s), words and an unabbreviated street type
+        lower_street=re.compile(
+            rf"(?<![\w\-/.])(?:\d{{1,6}}[ \t]+){{0,1}}{number}[ \t]+(?:[a-zà-ÿ][\w'\u2019\-]*[ \t]+){{1,3}}"
+            rf"(?:street|avenue|road|boulevard|lane|drive|court|place|square)\b(?:,?[ \t]*{unit})?"
+        ),
+        # lower-case "12 rue des lilas 4", "9 rúa nova 21": a street type, words and a house number
+        lower_prefix_street=re.compile(
+            rf"(?<![\w\-/.])(?:\d{{1,6}}[ \t]+)?(?:{'|'.join(re.escape(p) for p in _LOWER_PREFIXES)})[ \t]+"
+            rf"(?:[^\W\d_][\w'\u2019\-]*[ \t]+){{0,3}}{number}\b(?:,?[ \t]*{unit})?"
+        ),
+        # "5120 88 Kallio Rinne": a building number, a house number, street words (the caller checks the words)
+        numbers_words=re.compile(
+            rf"(?<![\w\-/.,])\d{{1,6}}[ \t]+\d{{1,5}}[A-Za-z]?[ \t]+(?P<words>{_CAP_WORD}(?:[ \t]+{_CAP_WORD}){{0,3}})"
+            r"(?=[.,;?!]?(?:\s|$))"
+        ),
         unit=re.compile(
             r"(?<![\w\-])(?:(?:Apt|Apartment|Suite|Ste|Unit|APT|SUITE|UNIT)\.?\s*#?\s*[A-Za-z]?\d{1,5}[A-Za-z]?)(?!\w)"
         ),
@@ -308,15 +356,28 @@ def _address_patterns() -> _AddressPatterns:
             r"(?<!\w)(?:p\.?\s?o\.?\s*box|post\s+office\s+box|postbox|postfach|box)\s*#?\s*\d{1,6}(?!\w)", _I
         ),
         military=re.compile(
-            r"(?<!\w)(?:PSC|Unit|USNS|USS|USNV|USCGC)[ \t]+[\w ]{1,30}?,?[ \t]+Box[ \t]+\d{1,5}"
-            r"(?:\s*\n?\s*[AFD]PO[ \t]+A[AEP][ \t]+\d{5})?"
-            r"|(?<!\w)[AFD]PO[ \t]+A[AEP][ \t]+\d{5}(?!\w)"
+            r"(?<!\w)(?i:(?:PSC|Unit|CMR)[ \t]+\d{1,5},?[ \t]+Box[ \t]+\d{1,5}"
+            r"|(?:USNS|USS|USNV|USCGC)[ \t]+[\w ]{1,30}?"
+            r"(?:,?[ \t]+Box[ \t]+\d{1,5})?)(?=(?i:\s*\n?\s*[AFD]PO\b|,?[ \t]+Box))"
+            r"(?i:\s*\n?\s*[AFD]PO[ \t]+A[AEP][ \t]+\d{5})?"
+            r"|(?<!\w)(?i:[AFD]PO[ \t]+A[AEP][ \t]+\d{5})(?!\w)"
         ),
-        block_part=re.compile(r"[ \t]*(?:,[ \t]*\n?|\n)[ \t]*,?[ \t]*(?P<seg>[^\n,]{1,60})"),
+        block_part=re.compile(
+            r"[ \t]*(?:,[ \t]*\n?|\n(?:[ \t]*\n)?)[ \t]*(?:[?*•·>\-]{1,3}[ \t]+)?,?[ \t]*(?P<seg>[^\n,]{1,60})"
+        ),
         # "07960 Aqqusinersuaq 111", "4923 Parmova 109": a building number, street words, a house number
         number_words_number=re.compile(
-            rf"(?<![\w\-/.])\d{{1,6}}(?:[ \t]+\d{{1,6}})?[ \t]+(?:{_CAP_WORD}[ \t]+){{1,3}}\d{{1,5}}[A-Za-z]?\b\.?"
+            rf"(?<![\w\-/.])\d{{1,6}}(?:[ \t]+\d{{1,6}})?[ \t]+(?P<words>{_CAP_WORD}"
+            rf"(?:[ \t]+(?:{_CAP_WORD}|[^\W\d_A-Z]{{3,}})){{0,2}})"
+            rf"[ \t]+\d{{1,5}}[A-Za-z]?\b\.?"
             rf"(?:,?[ \t]*{unit})?"
+        ),
+        # "on Lange Gracht 12", "of Pablo Neruda 1450": capitalised street words and a house number after a
+        # preposition (the caller wants a word outside the English vocabulary and no unit after the number)
+        words_number=re.compile(
+            rf"\b(?i:on|at|of|to|in|is|from|address)[ \t]+(?P<street>(?:[{_UPPER}][^\W\d_]+[ \t]+){{1,3}}"
+            rf"\d{{1,5}}[A-Za-z]?)(?![\w%:/]|[.,]\d|\s*(?i:mg|mcg|ml|cc|g|kg|units?|iu|cm|mm|mmhg|%|x|times|days?"
+            rf"|weeks?|months?|years?|hours?|minutes?|h|hrs?)\b)"
         ),
         # "lives on Grössgstötten 50", "located at Via Roma 131", "corner of Kuusiku 7"
         cued_street=re.compile(
@@ -325,7 +386,20 @@ def _address_patterns() -> _AddressPatterns:
             rf"(?P<street>(?:{_CAP_WORD}[ \t]+){{1,3}}\d{{1,5}}[A-Za-z]?\b\.?"
             rf"|(?:{_CAP_WORD}[ \t]+){{0,2}}{_CAP_WORD}[ \t]+(?i:{suffix})\b\.?)"
         ),
-        trailing_place=re.compile(r"[ \t]+(?P<place>(?:[A-ZÀ-ÞĀ-Ž][\w'\u2019\-]*[ \t]*){1,4})(?=[.,;?!]?(?:\s|$))"),
+        # "the corner of 12 Elm Avenue and Rue Cler": the whole phrase is the address
+        corner=re.compile(
+            r"(?<!\w)(?i:the[ \t]+)?(?i:corner)[ \t]+(?i:of)[ \t]+"
+            r"(?P<a>[\w'\u2019.\-]+(?:[ \t]+[\w'\u2019.\-]+){0,5}?)[ \t]+and[ \t]+"
+            rf"(?P<b>(?:(?:{_CAP_WORD}|\d{{1,6}}[A-Za-z]?|[a-z]{{1,4}}\.?)[ \t]+){{0,5}}"
+            rf"(?:{_CAP_WORD}|\d{{1,6}}[A-Za-z]?\b))"
+        ),
+        trailing_place=re.compile(
+            rf"[ \t]+(?P<place>(?:[{_UPPER}][\w'\u2019\-]*(?:[ \t]+\([{_UPPER}][\w'\u2019\-]*\))?[ \t]*){{1,4}})"
+            r"(?=[.,;?!]?(?:\s|$))"
+        ),
+        lower_tail=re.compile(
+            r"[ \t]*,?[ \t]+(?P<place>[^\W\d_][\w'\u2019\-]*(?:,?[ \t]+[^\W\d_][\w'\u2019\-]*){0,5})"
+        ),
         city_state_zip=re.compile(
             r"(?<![\w])(?P<city>[A-Z][A-Za-z'\u2019.\-]+(?:[ \t]+[A-Z][A-Za-z'\u2019.\-]+){0,3}),?[ \t]+"
             r"(?P<state>[A-Z]{2}|[A-Z][a-z]+(?:[ \t]+[A-Z][a-z]+)?),?[ \t]+(?P<zip>\d{5}(?:-\d{4})?)(?!\w)"
@@ -337,6 +411,34 @@ _ZIP_SHAPE = re.compile(
     r"(?:\d{3,5}(?:[\- ]\d{3,4})?|[A-Z]\d[A-Z][ ]?\d[A-Z]\d|[A-Z]{1,2}\d[A-Z\d]?[ ]?\d[A-Z]{2}|\d{2}-\d{3})"
 )
 _SEG_WORD = re.compile(r"[^\W\d_][\w'\u2019.\-]*|\d[\w\-]*")
+_UNIT_LINE = re.compile(rf"{_UNIT}(?:[ \t]+{_UNIT})?", _I)
+_ABBREVIATIONS: Final = frozenset(
+    {"apt", "ste", "st", "str", "ave", "rd", "no", "ul", "al", "pl", "av", "u", "blvd", "dr", "ln", "fl", "rm", "bldg",
+     "mt", "ft", "sq", "hwy", "pkwy", "ct", "krt", "n", "s", "e", "w"}
+)  # fmt: skip
+
+
+def _place_words(words: list[str]) -> int:
+    """How many of ``words`` (from the start) are known places: cities, regions, countries (multi-word ones too)."""
+    places = place_lexicon()
+    i = 0
+    while i < len(words):
+        for n in (3, 2, 1):
+            chunk = " ".join(words[i : i + n]).lower().strip(",.")
+            if len(words[i : i + n]) == n and (
+                chunk in places.cities or chunk in places.regions or chunk in places.countries
+            ):
+                i += n
+                break
+        else:
+            break
+    return i
+
+
+def _is_country(segment: str) -> bool:
+    """ "Sweden", "Cyprus (Greek)", "United States": a country, a qualifier in brackets allowed."""
+    core = re.sub(r"\s*\([^)]*\)\s*$", "", segment.strip()).lower()
+    return core in place_lexicon().countries
 
 
 def _segment_kind(segment: str) -> EntityLabel | None:
@@ -346,32 +448,69 @@ def _segment_kind(segment: str) -> EntityLabel | None:
         return None
     if _ZIP_SHAPE.fullmatch(seg):
         return "ZIP"
+    if _UNIT_LINE.fullmatch(seg):
+        return "ADDRESS"
     words = _SEG_WORD.findall(seg)
     if not words or len(words) > 5:
         return None
     english = english_words()
     places = place_lexicon()
-    if any(w[0].islower() and w.lower() in english and not re.fullmatch(_PARTICLE, w) for w in words):
-        return None
-    if seg.lower() in places.countries or seg.lower() in places.regions or seg.upper() in places.region_codes:
+    low = seg.lower()
+    if low in places.countries or low in places.regions or seg.upper() in places.region_codes or _is_country(seg):
         return "LOCATION"
-    if all(w[0].isupper() or w[0].isdigit() or re.fullmatch(_PARTICLE, w) for w in words):
+    alpha = [w for w in words if not w[0].isdigit()]
+    if alpha and _place_words(alpha) == len(alpha):
+        return "ADDRESS" if len(alpha) < len(words) else "LOCATION"  # "austria 1010", "graz"
+    inner = words[1:-1]
+    joiner = {w for w in inner if w.islower() and len(w) <= 3}  # "Frankfurt am Main", "Nové Město na Moravě"
+    if any(
+        w[0].islower() and w.lower() in english and not re.fullmatch(_PARTICLE, w) and w not in joiner for w in words
+    ):
+        return None
+    if all(w[0].isupper() or w[0].isdigit() or re.fullmatch(_PARTICLE, w) or w in joiner for w in words):
         if any(_ZIP_SHAPE.fullmatch(w) for w in words) or words[-1].isdigit():
             return "ADDRESS"
         return "LOCATION"
+    if len(words) == 1 and words[0].islower() and len(words[0]) >= 4:
+        return "LOCATION"  # a lower-case place name in an address block ("tartu")
     return None
 
 
+def _cut_segment(seg: str) -> str:
+    """``seg`` up to the end of its sentence (a full stop after an abbreviation such as "Apt." does not count);
+    empty when it is a field label ("Mobile: ...")."""
+    for m in re.finditer(r"[.;:!?](?=\s|$)", seg):
+        if m.group() == ":":
+            return ""
+        if m.group() == ".":
+            word = re.search(r"([^\W\d_]+)$", seg[: m.start()])
+            if word is not None and word.group(1).lower() in _ABBREVIATIONS:
+                continue
+            if re.search(r"\d$", seg[: m.start()]) and m.end() == len(seg.rstrip()):
+                continue  # "Kossuth u. 7." at the end of a line
+        return seg[: m.start()]
+    return seg
+
+
 def _extend_block(text: str, end: int, patterns: _AddressPatterns) -> list[Hit]:
-    """Following lines/comma parts of an address block (city, state, ZIP, country), at most four."""
+    """Following lines/comma parts of an address block (unit, city, state, ZIP, country), at most five."""
     hits: list[Hit] = []
-    for _ in range(4):
+    for _ in range(5):
         m = patterns.block_part.match(text, end)
-        if m is None or "\n\n" in text[end : m.start("seg")]:
+        if m is None:
             break
         seg_start = m.start("seg")
-        seg = re.split(r"[.;:!?](?=\s|$)", m.group("seg"), maxsplit=1)[0]
+        seg = _cut_segment(m.group("seg"))
         seg_end = seg_start + len(seg.rstrip(" \t."))
+        if not seg.strip():
+            break
+        if re.search(r"\n[ \t]*\n", text[end:seg_start]) and not (
+            _is_country(seg)
+            or re.fullmatch(
+                rf"[{_UPPER}][^\W\d_]+(?:[ \t]+\(?[{_UPPER}][^\W\d_]+\)?){{0,2}}[ \t]+{_ZIP_SHAPE.pattern}", seg
+            )
+        ):
+            break  # a blank line ends the block unless a country or a "Country 12345" line follows
         kind = _segment_kind(seg)
         state_zip = re.fullmatch(
             r"(?P<state>[A-Z]{2,3}|[A-Z][a-z]+(?: [A-Z][a-z]+)?)[ \t]+(?P<zip>\d{5}(?:-\d{4})?)", seg
@@ -402,25 +541,66 @@ def _extend_block(text: str, end: int, patterns: _AddressPatterns) -> list[Hit]:
     return hits
 
 
-_LOWER_SUFFIXES: Final = frozenset({"st", "str", "ave", "rd", "blvd", "ln", "dr"})
-
-
 def _address_tail(text: str, end: int, patterns: _AddressPatterns) -> list[Hit]:
-    """What follows a street on its line ("Apt. 892 GUÉRET LI", "Suite 833 Milford New Zealand") and the next
-    lines of the address block."""
+    """What follows a street on its line ("Apt. 892 GUÉRET LI", "Suite 8 Nelson New Zealand", ", cork,
+    ireland") and the next lines of the address block."""
     hits: list[Hit] = []
-    unit = patterns.unit.match(text, end + (len(text[end:]) - len(text[end:].lstrip(" \t,"))))
-    if unit is not None:
+    for _ in range(2):
+        unit = patterns.unit.match(text, end + (len(text[end:]) - len(text[end:].lstrip(" \t,"))))
+        if unit is None:
+            break
         hits.append(Hit(unit.start(), unit.end(), "ADDRESS", 0.7, "unit"))
         end = unit.end()
     tail = patterns.trailing_place.match(text, end)
     if tail is not None:
         words = tail.group("place").split()
         english = common_words()
-        if all(w.isupper() or w.lower() not in english for w in words):
+        place_end = any(
+            _place_words(words[j:]) == len(words) - j and all(w.lower() not in english for w in words[:j])
+            for j in range(len(words))
+        )
+        if place_end or all(w.isupper() or w.lower() not in english for w in words):
             hits.append(Hit(tail.start("place"), tail.end("place"), "LOCATION", 0.55, "address-tail"))
             end = tail.end("place")
+    else:
+        low = patterns.lower_tail.match(text, end)
+        if low is not None:
+            words = re.split(r",?[ \t]+", low.group("place"))
+            n = _place_words(words)
+            if n:
+                stop = low.start("place")
+                for w in words[:n]:
+                    stop = text.index(w, stop) + len(w)
+                hits.append(Hit(low.start("place"), stop, "LOCATION", 0.5, "address-tail"))
+                end = stop
     return hits + _extend_block(text, end, patterns)
+
+
+def _english_lead(match: str) -> int:
+    """Length of the lower-case English words that open ``match`` ("to ", "of the "), which belong to no street."""
+    english = english_words()
+    pos = 0
+    for word in re.finditer(r"([^\W\d_]+)[ \t]+", match):
+        if word.start() != pos or not word.group(1).islower() or word.group(1) not in english:
+            break
+        pos = word.end()
+    return pos
+
+
+def _street_words(words: list[str]) -> bool:
+    """Whether capitalised words before or after a house number look like a street name: a word outside the English
+    vocabulary ("Lange Gracht") or only person names ("Pablo Neruda"); no lower-case English word,
+    month or clinical term ("7 Songwriters Of The 80s", "on Day 3", "in Stage 2" are not streets)."""
+    english = english_words()
+    common = common_words()
+    names = name_lexicon()
+    low = [w.lower().rstrip(".") for w in words]
+    if not low or any(w in MONTHS or _CLINICAL_SUFFIX.search(w) for w in low):
+        return False
+    if any(w[:1].islower() and w in english for w in words):
+        return False
+    foreign = any(w not in english for w in low if not w[:1].isdigit())
+    return foreign or all(w in names and w not in common for w in low)
 
 
 def find_addresses(text: str) -> list[Hit]:
@@ -430,24 +610,44 @@ def find_addresses(text: str) -> list[Hit]:
         (patterns.street, "street"),
         (patterns.prefix_street, "street"),
         (patterns.ending_street, "street"),
+        (patterns.short_prefix_street, "street"),
+        (patterns.abbrev_suffix_street, "street"),
+        (patterns.lower_street, "street"),
+        (patterns.lower_prefix_street, "street"),
         (patterns.po_box, "po-box"),
         (patterns.military, "military-address"),
         (patterns.unit, "unit"),
     ):
         for m in pattern.finditer(text):
-            suffix = m.groupdict().get("suffix")
-            if name == "street" and suffix and suffix[0].islower() and suffix.lower() not in _LOWER_SUFFIXES:
+            if pattern is patterns.short_prefix_street and not any(ch.isdigit() for ch in m.group()):
                 continue
-            end = m.end()
-            hits.append(Hit(m.start(), end, "ADDRESS", 0.8, name))
+            start, end = m.start(), m.end()
+            if pattern is patterns.ending_street:
+                start += _english_lead(m.group())  # "to 4410 Lindenweg 21": the street starts at the number
+            hits.append(Hit(start, end, "ADDRESS", 0.8, name))
             if name != "unit":
                 hits += _address_tail(text, end, patterns)
     for m in patterns.number_words_number.finditer(text):
+        if not _street_words(m.group("words").split()):
+            continue
         hits.append(Hit(m.start(), m.end(), "ADDRESS", 0.6, "street-numbers"))
         hits += _address_tail(text, m.end(), patterns)
+    for m in patterns.numbers_words.finditer(text):
+        if _street_words(m.group("words").split()):
+            hits.append(Hit(m.start(), m.end(), "ADDRESS", 0.5, "street-numbers"))
+            hits += _address_tail(text, m.end(), patterns)
+    for m in patterns.words_number.finditer(text):
+        if _street_words(m.group("street").split()[:-1]):
+            hits.append(Hit(m.start("street"), m.end("street"), "ADDRESS", 0.5, "street-words-number"))
+            hits += _address_tail(text, m.end("street"), patterns)
     for m in patterns.cued_street.finditer(text):
         hits.append(Hit(m.start("street"), m.end("street"), "ADDRESS", 0.6, "street-cue"))
         hits += _address_tail(text, m.end("street"), patterns)
+    for m in patterns.corner.finditer(text):
+        first = m.group("a")
+        if first[0].isupper() or first[0].isdigit() or first.lower().startswith(("ul.", "al.", "pl.")):
+            hits.append(Hit(m.start(), m.end(), "ADDRESS", 0.7, "street-corner"))
+            hits += _address_tail(text, m.end(), patterns)
     for m in patterns.city_state_zip.finditer(text):
         places = place_lexicon()
         state = m.group("state")
@@ -528,6 +728,7 @@ _STOP: Final[frozenset[str]] = frozenset(
      "may", "can", "will", "it", "this", "that", "these", "those", "his", "her", "their", "our", "your", "my", "no",
      "not", "all", "any", "some", "one", "two", "but", "if", "so", "do", "does", "did", "has", "have", "had"}
 )  # fmt: skip
+_SELF_NAME_CUE = re.compile(r"(?:\bname\s*(?:is|was|:)|\bcall\s+me|\bi\s+am|\bi'm)[\s:,]*$", _I)
 _NAME_CUE_LOWER = re.compile(r"(?:\bname\s*(?:is|was|:)|\bnamed|\bcalled|\bcall\s+me|\bi\s+am|\bi'm)[\s:,]*$", _I)
 _PARTICLES: Final[frozenset[str]] = frozenset(
     {"van", "von", "de", "der", "den", "del", "della", "di", "da", "du", "dos", "das", "la", "le", "ten", "ter", "bin",
@@ -539,6 +740,7 @@ _NEVER_NAMES: Final[frozenset[str]] = frozenset(
         *(m for m in MONTHS if len(m) > 3), "monday", "tuesday", "wednesday", "thursday", "friday", "saturday",
         "sunday", "xxxx", "findings", "impression", "indication", "comparison", "history", "technique", "exam",
         "examination", "report", "patient", "doctor", "nurse", "hospital", "clinic", "street", "avenue", "road",
+        "i'm", "i'd", "i've", "i'll", "i\u2019m", "i\u2019d", "i\u2019ve", "i\u2019ll",
     }
 )  # fmt: skip
 _CLINICAL_SUFFIX = re.compile(
@@ -649,6 +851,16 @@ _UNKNOWN_NOT_NAME = re.compile(
 )
 
 
+#: Verbs after a sentence-initial word that say "person" even for a word in no name list ("Tavrin is from ...",
+#: "Oksana spent a year", "Radomir shouted at ...").
+_PERSON_ONLY_VERB = re.compile(
+    r"^\s+(?:spent|shouted|(?:is|was|comes|came)\s+from|lives|lived|works|worked|studied|graduated|joined|married"
+    r"|says|said|told|asked|wrote|loves|loved|hates|hated|went|replied|answered|smiled|laughed|cried|whispered)\b"
+)
+#: After a sentence-initial word and a comma, an address to that person ("Ingrid, can you ...").
+_VOCATIVE_AFTER = re.compile(
+    r"^,\s+(?:can|could|would|will|please|i|we|do|did|are|have|how|what|where|when|why|let's|is|thank|thanks)\b", _I
+)
 _REPORT_VERB = re.compile(
     r"^\s+(?:reports|reported|denies|denied|presents|presented|states|stated|complains|complained|says|said|lives"
     r"|lived|underwent|returned|returns|was\s+seen|is\s+seen|notes|noted|endorses|endorsed)\b"
@@ -666,6 +878,10 @@ def _token_strength(text: str, toks: list[_Tok], i: int, *, titled: bool, cue: b
     unknown = not tok.eng and not tok.lex
     if titled and (shaped or tok.lex):
         return 0.95
+    if tok.cap and not tok.upper and not tok.common and (unknown or tok.lex) and len(tok.core) >= 3:
+        after = text[tok.end : tok.end + 24]
+        if tok.sent_start and (_PERSON_ONLY_VERB.match(after) or _VOCATIVE_AFTER.match(after)):
+            return 0.55  # "Tavrin is from ...", "Oksana spent ...", "Ingrid, can you ..."
     if tok.upper and tok.lex and len(tok.core) >= 3 and (not tok.eng or cue):
         return 0.8  # "JOHN SMITH", "Signed: JOHN SMITH"
     if tok.cap and not tok.upper and tok.lex and not tok.common:
@@ -678,6 +894,9 @@ def _token_strength(text: str, toks: list[_Tok], i: int, *, titled: bool, cue: b
         return 0.0
     if tok.lower and tok.lex and (bool(_NAME_CUE_LOWER.search(line_before)) or (not tok.eng and len(tok.core) >= 4)):
         return 0.6
+    if tok.lower and not tok.eng and len(tok.core) >= 3 and _SELF_NAME_CUE.search(line_before):
+        return 0.55  # "my name is zofija", "call me radovan"
+
     if tok.cap and re.search(r"[a-z]\d{1,3}$", text[tok.start : tok.end]) and not tok.eng:
         return 0.7  # Synthea-style "Abe604"
     camel = bool(re.search(r"[a-z][A-Z]", tok.text)) and not re.match(
@@ -713,6 +932,8 @@ def find_names(text: str) -> list[Hit]:
             strength.append(0.0)
             continue
         strength.append(_token_strength(text, toks, i, titled=titled, cue=cue, line_before=line_before))
+    _list_names(text, toks, strength, allowed)
+    _name_lines(text, toks, strength, allowed)
 
     # runs of name-shaped tokens; a run with one name token is a name (unknown capitalised neighbours included)
     i = 0
@@ -724,17 +945,31 @@ def find_names(text: str) -> list[Hit]:
         lo = hi = i
         lower_run = toks[i].lower
 
-        def member(tok: _Tok, k: int, lower_run: bool = lower_run) -> bool:
+        def member(tok: _Tok, k: int, lower_run: bool = lower_run, anchor: int = i) -> bool:
             if allowed(tok) or tok.clinical:
                 return False
             if strength[k] > 0:
                 return True
             if lower_run:
-                return tok.lower and tok.lex
+                if _lower_initial(tok) and k + 1 < n and toks[k + 1].lower and not toks[k + 1].eng:
+                    return True  # "maria k nowak", "kenji t. sato"
+                if tok.lower and not tok.eng and k > 0 and _lower_initial(toks[k - 1]) and len(tok.core) >= 3:
+                    return True  # "anna b kovacz": a surname after a middle initial
+                return tok.lower and (tok.lex or _lower_initial(tok))
             if tok.initial or tok.particle:
                 return True
             if not (tok.cap or tok.upper):
                 return False
+            prev = toks[k - 1] if k > 0 else None
+            if (
+                prev is not None
+                and prev.first
+                and not prev.eng
+                and strength[k - 1] > 0
+                and not tok.common
+                and k > anchor
+            ):
+                return tok.cap  # a given name (no English word), then a capitalised word: the surname ("Ines Pagan")
             return not tok.eng or (tok.lex and not tok.sent_start) or (tok.lex and not tok.common)
 
         while lo > 0 and _joinable(text, toks[lo - 1], toks[lo]) and member(toks[lo - 1], lo - 1):
@@ -751,13 +986,99 @@ def find_names(text: str) -> list[Hit]:
             hi += 1
         while lo < hi and (toks[lo].particle or (toks[lo].initial and strength[lo] <= 0 and lo == i - 1)):
             lo += 1
-        while hi > lo and toks[hi].particle:
+        while hi > lo and (toks[hi].particle or (lower_run and _lower_initial(toks[hi]))):
             hi -= 1
         best = max(strength[lo : hi + 1])
         if best > 0:
             hits.append(Hit(toks[lo].start, toks[hi].end, "NAME", best, "name"))
         i = max(i, hi) + 1
     return hits
+
+
+def _lower_initial(tok: _Tok) -> bool:
+    """A lower-case middle initial ("m", "t.") but not the words "a" and "i"."""
+    return len(tok.core) == 1 and tok.text[:1].islower() and tok.core not in ("a", "i")
+
+
+_LIST_GAP = re.compile(r",[ \t]*(?:(?:and|or|&)[ \t]+)?|[ \t]+(?:and|or|&)[ \t]+")
+
+
+def _list_names(text: str, toks: list[_Tok], strength: list[float], allowed: Callable[[_Tok], bool]) -> None:
+    """Enumerations of single words ("Guests: Zorvan, Miller, Hannah and Derek", "founders: Tavrin, Becker and
+    Jansen", "sven, ingrid, maren and joachim"): when most items are names, every item is one."""
+    by_start = {t.start: k for k, t in enumerate(toks)}
+    k = 0
+    n = len(toks)
+    while k < n:
+        items = [k]
+        while True:
+            gap = _LIST_GAP.match(text, toks[items[-1]].end)
+            nxt = by_start.get(gap.end()) if gap is not None else None
+            if nxt is None or toks[nxt].lower != toks[k].lower:
+                break
+            items.append(nxt)
+        if len(items) >= 3 and text[toks[items[-2]].end : toks[items[-1]].start].strip(" ,") in ("and", "or", "&"):
+            _mark_list(toks, items, strength, allowed)
+        k = items[-1] + 1 if len(items) > 1 else k + 1
+
+
+def _mark_list(toks: list[_Tok], items: list[int], strength: list[float], allowed: Callable[[_Tok], bool]) -> None:
+    def eligible(tok: _Tok) -> bool:
+        return not (tok.common or tok.clinical or allowed(tok) or tok.particle)
+
+    if any(allowed(toks[k]) for k in items):
+        return  # "Parkinson's, Huntington and Wilson disease": a list of clinical eponyms
+    if toks[items[0]].lower:
+        named = sum(1 for k in items if toks[k].first and eligible(toks[k]) and toks[k].core not in MEDICAL_EPONYMS)
+        if named < max(3, 2 * len(items) // 3):
+            return
+    else:
+        # known names count (capitalised common words too: "Baker and White"); eponyms count only beside a name
+        named = sum(1 for k in items if (strength[k] > 0 or toks[k].lex) and toks[k].core not in MEDICAL_EPONYMS)
+        eponyms = sum(1 for k in items if toks[k].core in MEDICAL_EPONYMS)
+        if named < 1 or named + eponyms < 2 or (named + eponyms) * 2 < len(items):
+            return
+    for k in items:
+        if eligible(toks[k]) and (toks[k].lower or toks[k].cap):
+            strength[k] = max(strength[k], 0.5)
+
+
+def _name_lines(text: str, toks: list[_Tok], strength: list[float], allowed: Callable[[_Tok], bool]) -> None:
+    """A line that is nothing but a name: two or three capitalised words (initials allowed), one of them a known
+    first or last name and none a common word ("Laura Hides", "Tavrin Okafor"); in lower case, a given name and
+    known names or initials ("laura jensen")."""
+    k = 0
+    n = len(toks)
+    while k < n:
+        line_start = text.rfind("\n", 0, toks[k].start) + 1
+        line_end = text.find("\n", toks[k].start)
+        line_end = len(text) if line_end < 0 else line_end
+        j = k
+        while j < n and toks[j].start < line_end and j - k <= 6:
+            j += 1
+        if j < n and toks[j].start < line_end:  # a long line: skip to its end
+            while j < n and toks[j].start < line_end:
+                j += 1
+            k = j
+            continue
+        line = list(range(k, j))
+        k = j
+        bounds = [line_start, *(x for t in line for x in (toks[t].start, toks[t].end)), line_end]
+        gaps = "".join(text[bounds[g] : bounds[g + 1]] for g in range(0, len(bounds), 2))
+        words = [t for t in line if not toks[t].initial and not _lower_initial(toks[t])]
+        if not 2 <= len(words) <= 3 or gaps.strip(" \t.?*•-") or any(allowed(toks[t]) for t in line):
+            continue
+        if any(toks[t].common or toks[t].clinical or toks[t].core in MEDICAL_EPONYMS for t in words):
+            continue
+        if all(toks[t].cap for t in words):
+            ok = any(toks[t].lex for t in words)
+        elif all(toks[t].lower for t in words):
+            ok = toks[words[0]].first and all(toks[t].lex for t in words)
+        else:
+            ok = False
+        if ok:
+            for t in line:
+                strength[t] = max(strength[t], 0.5)
 
 
 RECOGNIZERS: Final[tuple[tuple[str, tuple[EntityLabel, ...], Callable[[str], list[Hit]]], ...]] = (
