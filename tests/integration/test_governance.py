@@ -203,6 +203,9 @@ def test_cli_needs_principal_and_purpose(env: tuple[Settings, SqliteDocumentStor
                                 "--purpose", "research"])  # fmt: skip
     assert wrong.exit_code == 1
     assert "may not erase" in wrong.output
+    evaluation = runner.invoke(app, ["eval", "deid", "--store", store, "--as", "clinician", "--purpose", "treatment"])
+    assert evaluation.exit_code == 1
+    assert "may not evaluate" in evaluation.output
     verified = runner.invoke(app, ["audit", "verify", "--store", store, "--as", "data_steward", "--purpose",
                                    "operations", "--json"])  # fmt: skip
     assert verified.exit_code == 0, verified.output
@@ -251,3 +254,60 @@ def test_erasure_removes_everything_taints_lineage_and_keeps_the_store_consisten
     with pytest.raises(ValidationError, match="no records of patient"):
         erase_patient(steward, victim, reason="again")
     assert AuditLog.for_settings(settings).verify().ok
+
+
+_MATRIX_ACTIONS = (Action.READ, Action.SEARCH, Action.INGEST, Action.ERASE, Action.CONSENT, Action.PRINCIPALS)
+
+
+def _run_operation(governed: GovernedStore, action: Action, record_id: str, query: SearchQuery) -> None:
+    """Run the real operation behind ``action`` (raises PolicyViolation when the policy refuses it)."""
+    if action is Action.READ:
+        assert governed.get(record_id) is not None
+    elif action is Action.SEARCH:
+        assert governed.search(query)
+    elif action is Action.INGEST:
+        governed.write([], run_id="matrix")
+    elif action is Action.ERASE:
+        with pytest.raises(ValidationError, match="no records of patient"):  # allowed, then refused for its input
+            erase_patient(governed, "synthea/Patient/none", reason="matrix")
+    elif action is Action.CONSENT:
+        assert governed.policy.import_consents([], by=governed.access) == []
+    elif action is Action.PRINCIPALS:
+        name = f"m.{governed.access.principal.name}.{governed.access.purpose}".replace("_", "-")
+        assert governed.policy.add_principal(name, "researcher", by=governed.access).name == name
+
+
+def test_policy_matrix_through_the_governed_store(env: tuple[Settings, SqliteDocumentStore]) -> None:
+    """role x purpose x consent x action through the real store: the operation either runs (with the consent filter
+    the table says) or raises PolicyViolation."""
+    settings, store = env
+    patients = _patients(store)
+    opted, other = patients[0], patients[1]
+    steward = _as(settings, store, "data_steward")
+    steward.policy.record_consent(opted, "opt_out", by=steward.access, effective_from="2000-01-01")
+    opted_obs = next(s.record.id for s in store.iter_records(SearchFilters(patient_id=opted)) if s.record.id != opted)
+    other_obs = next(s.record.id for s in store.iter_records(SearchFilters(patient_id=other)) if s.record.id != other)
+    query = SearchQuery(text="encounter observation condition", k=300, mode="bm25")
+    checked = 0
+    for role in ACCESS:
+        for purpose in ("treatment", "research", "operations"):
+            governed = _as(settings, store, role, purpose)
+            rule = next((r for r in RULES if r.role == role and r.purpose == purpose), None)
+            allowed = rule.actions if rule is not None else frozenset()
+            for action in _MATRIX_ACTIONS:
+                if action in allowed:
+                    _run_operation(governed, action, other_obs, query)
+                else:
+                    with pytest.raises(PolicyViolation):
+                        _run_operation(governed, action, other_obs, query)
+                checked += 1
+            if Action.READ in allowed:
+                excluded = purpose == "research"
+                assert (governed.get(opted_obs) is None) == excluded, (role, purpose)
+                seen = {h.record_id for h in governed.search(query)}
+                assert (opted_obs in seen) is False or not excluded
+            if Action.SNAPSHOT in allowed:  # secondary use: opt-outs excluded whatever the purpose
+                reader = governed.acting(Action.SNAPSHOT)
+                assert reader.get(opted_obs) is None
+                assert reader.get(other_obs) is not None
+    assert checked == 4 * 3 * len(_MATRIX_ACTIONS)

@@ -210,9 +210,13 @@ def eval_qa(
 
 def eval_labeler(
     data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Public data (default SAGE_DATA_DIR).")] = None,
+    store: StoreOpt = None,
+    as_: AsOpt = None,
+    purpose: PurposeOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Validate the CheXpert-style labeler: vs the CheXpert labeler's own outputs and vs IU X-ray MeSH terms."""
+    """Validate the CheXpert-style labeler: vs the CheXpert labeler's own outputs and vs IU X-ray MeSH terms.
+    Policy: ``evaluate``."""
 
     def body() -> None:
         from sage_health.models.evaluation.labeler_validation import (
@@ -220,7 +224,8 @@ def eval_labeler(
             validate_against_labeled_reports,
         )
 
-        settings = settings_for(None)
+        settings = settings_for(store, as_, purpose)
+        governed = evaluation_access(settings)
         root = data_dir or settings.data_dir
         labeler = CheXpertLabeler.from_dir(root / "chexpert_labeler")
         chexpert = validate_against_labeled_reports(labeler, root / "chexpert_labeler")
@@ -229,6 +234,7 @@ def eval_labeler(
             "chexpert_labeled_reports": chexpert.model_dump(mode="json"),
             "iu_mesh": mesh.model_dump(mode="json"),
         }
+        governed.log("evaluate", detail={"task": "labeler", "iu_reports": mesh.n_reports})
         if as_json:
             echo_json(payload)
             return
@@ -319,9 +325,13 @@ def eval_deid(
         typer.Option("--mode", help="Also de-identify in this mode (tag|surrogate|shift) and count surviving values."),
     ] = None,
     data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Public data (default SAGE_DATA_DIR).")] = None,
+    store: StoreOpt = None,
+    as_: AsOpt = None,
+    purpose: PurposeOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Evaluate de-identification: span P/R/F1 per entity (strict + relaxed) and eponym over-redaction."""
+    """Evaluate de-identification: span P/R/F1 per entity (strict + relaxed) and eponym over-redaction.
+    Policy: ``evaluate``."""
 
     def body() -> None:
         from sage_health.data.governance.deid import DEID_MODES, PresidioDeidentifier, deid_key
@@ -329,10 +339,12 @@ def eval_deid(
 
         if mode is not None and mode not in DEID_MODES:
             raise EvaluationError(f"unknown --mode {mode!r}; use one of {', '.join(DEID_MODES)}")
-        settings = settings_for(None)
+        settings = settings_for(store, as_, purpose)
+        governed = evaluation_access(settings)
         root = data_dir or settings.data_dir
         deidentifier = PresidioDeidentifier(deid_key(settings))
         result = evaluate(deidentifier, root, file=file, mode=mode)
+        governed.log("evaluate", detail={"task": "deid", "file": Path(result.spans.file).name, "mode": mode})
         if as_json:
             echo_json(result.model_dump(mode="json"))
             return
