@@ -492,7 +492,7 @@ def eval_retrieval(
             settings.embedder,
             batch_size=settings.embed_batch_size,
             precision=settings.embed_precision,
-            cache_dir=settings.models_dir / "onnx",
+            cache_dir=settings.onnx_cache_dir,
         )
         result = evaluate_retrieval(pubmedqa, medquad, medquad_sample=medquad_sample, seed=seed, embedder=embedder)
         governed.log(Action.EVALUATE.value, detail={"task": "retrieval", "seed": seed})

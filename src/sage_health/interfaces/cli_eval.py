@@ -119,7 +119,7 @@ def eval_report(
         registry = ModelRegistry(settings.db_path)
         mv, gen = GeneratorPool(settings, registry).get(model)
         embedder = build_embedder(
-            settings.embedder, batch_size=settings.embed_batch_size, cache_dir=settings.models_dir / "onnx"
+            settings.embedder, batch_size=settings.embed_batch_size, cache_dir=settings.onnx_cache_dir
         )
         with _progress() as bar:
             job = bar.add_task(f"{mv.ref} {task}", total=None)

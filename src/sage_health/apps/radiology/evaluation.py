@@ -158,7 +158,7 @@ def run_radiology_eval(
         settings.embedder,
         batch_size=settings.embed_batch_size,
         precision=settings.embed_precision,
-        cache_dir=settings.models_dir / "onnx",
+        cache_dir=settings.onnx_cache_dir,
     )
     settings.models_dir.mkdir(parents=True, exist_ok=True)
     embedder = CachedEmbedder(base, settings.models_dir / "embed-cache.db")

@@ -26,7 +26,7 @@ def open_store(
         settings.embedder,
         batch_size=settings.embed_batch_size,
         precision=settings.embed_precision,
-        cache_dir=settings.models_dir / "onnx",
+        cache_dir=settings.onnx_cache_dir,
     )
     chunker = Chunker(settings.chunk_words, settings.chunk_overlap_words)
     if bm25_index is None:
