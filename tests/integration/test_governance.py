@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from sage_health.core.config import Settings
 from sage_health.core.errors import PolicyViolation, ValidationError
+from sage_health.data.datasets import create_snapshot, export_snapshot
 from sage_health.data.embed import MiniLMEmbedder
 from sage_health.data.governance.access import GovernedStore, open_governed
 from sage_health.data.governance.audit import AuditLog
@@ -220,6 +221,12 @@ def test_erasure_removes_everything_taints_lineage_and_keeps_the_store_consisten
     steward = _as(settings, store, "data_steward")
     ids = [s.record.id for s in store.iter_records(SearchFilters(patient_id=victim))]
     assert len(ids) > 10
+    # a real dataset snapshot that holds the patient's records, exported once before the erasure
+    snap_info = create_snapshot(steward, settings, "cohort-text", "Observation", task="text")
+    rows = [json.loads(line) for f in ("train", "val", "test") for line in
+            (snap_info.path / f"{f}.jsonl").read_text(encoding="utf-8").splitlines()]  # fmt: skip
+    assert victim in {r["patient"] for r in rows}
+    export_snapshot(steward, settings, f"cohort-text@{snap_info.hash}", settings.store.parent / "export-before")
     # a snapshot holding one of the patient's records, and a model trained on it
     lineage = LineageStore(settings.db_path)
     snap = snapshot_node("cohort", "abc123")
@@ -233,6 +240,9 @@ def test_erasure_removes_everything_taints_lineage_and_keeps_the_store_consisten
     assert result.consistent, result.problems
     assert snap in result.tainted
     assert f"model:summary-lm@{model.version}" in result.tainted
+    assert snapshot_node("cohort-text", snap_info.hash) in result.tainted
+    with pytest.raises(PolicyViolation, match="is tainted"):
+        export_snapshot(steward, settings, f"cohort-text@{snap_info.hash}", settings.store.parent / "export-after")
     # nothing of the patient is left: records, versions, chunks, vectors, FTS rows
     conn = store.connection
     assert (
