@@ -20,8 +20,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import os
-import secrets
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -33,6 +31,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from sage_health.core.config import Settings
+from sage_health.data.governance.keys import key_from_file
 from sage_health.data.sqlite_tables import connect, immediate
 
 GENESIS = "0" * 64
@@ -123,13 +122,7 @@ class AuditLog:
     def _secret(self) -> bytes:
         if self._key is not None:
             return self._key
-        key_file = self._path.with_name("audit.key")
-        if not key_file.exists():
-            key_file.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w", encoding="ascii") as fh:
-                fh.write(secrets.token_hex(32))
-        self._key = key_file.read_text(encoding="ascii").strip().encode("ascii")
+        self._key = key_from_file(self._path.with_name("audit.key"), what="audit")
         return self._key
 
     def _sign(self, payload: bytes) -> str:

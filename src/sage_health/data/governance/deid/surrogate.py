@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import re
-import secrets
 from datetime import date, timedelta
 from functools import cache
 from pathlib import Path
@@ -23,6 +21,7 @@ from sage_health.core.errors import ConfigError
 from sage_health.data.governance.deid.lexicon import name_lexicon
 from sage_health.data.governance.deid.recognizers import MONTHS
 from sage_health.data.governance.deid.types import EntityLabel
+from sage_health.data.governance.keys import key_from_file as _key_file
 
 MAX_SHIFT_DAYS: Final = 365
 KEY_FILE_NAME: Final = "deid.key"
@@ -42,19 +41,8 @@ def deid_key(settings: Settings) -> bytes:
 
 
 def key_from_file(path: Path) -> bytes:
-    """Read the key file, creating it (mode 0600, 32 random bytes as hex) when it does not exist."""
-    try:
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w", encoding="ascii") as fh:
-                fh.write(secrets.token_hex(32))
-        key = path.read_text(encoding="ascii").strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read or create the de-identification key file {path}: {type(exc).__name__}") from exc
-    if len(key) < 16:
-        raise ConfigError(f"the de-identification key file {path} holds fewer than 16 characters; delete or fix it")
-    return key.encode("ascii")
+    """Read the de-identification key file, creating it (mode 0600) when it does not exist."""
+    return _key_file(path, what="de-identification")
 
 
 def _digest(key: bytes, *parts: str) -> bytes:
