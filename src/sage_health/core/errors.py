@@ -110,3 +110,7 @@ class RunNotFoundError(AgentError):
 
 class RunStateError(AgentError):
     """The run is not in a state that allows the requested action (e.g. reviewing a run that is not paused)."""
+
+
+class CoevolutionError(ModelError):
+    """A co-evolution cycle cannot run (no fixed evaluation set, a changed evaluation file, nothing to train on)."""

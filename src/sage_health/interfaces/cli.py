@@ -39,10 +39,12 @@ from sage_health.data.store.protocol import SearchFilters, SearchHit, SearchMode
 from sage_health.data.store.sqlite import SqliteDocumentStore
 from sage_health.interfaces import (
     cli_audit,
+    cli_coevolve,
     cli_datasets,
     cli_eval,
     cli_governance,
     cli_imaging,
+    cli_lora,
     cli_models,
     cli_radiology,
 )
@@ -528,11 +530,13 @@ app.add_typer(cli_radiology.radiology_app, name="radiology")
 app.add_typer(cli_radiology.runs_app, name="runs")
 app.command("trace")(cli_radiology.trace)
 eval_app.command("radiology")(cli_radiology.eval_radiology)
+cli_imaging.train_app.command("lora")(cli_lora.lora)
 app.add_typer(cli_imaging.train_app, name="train")
 app.add_typer(cli_audit.audit_app, name="audit")
 app.add_typer(cli_governance.principals_app, name="principals")
 app.add_typer(cli_governance.consent_app, name="consent")
 app.add_typer(cli_datasets.dataset_app, name="dataset")
+app.add_typer(cli_coevolve.coevolve_app, name="coevolve")
 app.command("erase")(cli_governance.erase)
 app.command("lineage")(cli_governance.lineage)
 

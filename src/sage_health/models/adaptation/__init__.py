@@ -1,0 +1,1 @@
+"""Model adaptation: LoRA adapter tuning of the causal LMs on dataset snapshots (:mod:`.lora`)."""
