@@ -16,7 +16,7 @@ Setup (all offline, on the IU X-ray data in SAGE_DATA_DIR; CC BY-NC-ND — nothi
   promotion rule, audit.
 
 Writes results/<date>_coevolve.{json,md}, results/latest_coevolve.{json,md} and results/coevolve_history.png.
-Usage: ``python benchmarks/bench_coevolve.py [--cycles 3] [--studies-per-cycle 200] [--steps 60] [--eval-limit 100]``.
+Usage: ``python benchmarks/bench_coevolve.py [--cycles 3] [--studies-per-cycle 200] [--steps 100] [--eval-limit 100]``.
 """
 
 from __future__ import annotations
@@ -88,12 +88,19 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cycles", type=int, default=3)
     parser.add_argument("--studies-per-cycle", type=int, default=200)
-    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--eval-limit", type=int, default=100)
     parser.add_argument("--exemplars", type=int, default=3)
     parser.add_argument("--keep", action="store_true", help="Keep the work store from an earlier run (resume).")
+    parser.add_argument(
+        "--reuse-baselines",
+        type=Path,
+        help="Take the baseline rows from an earlier results JSON with the same --eval-limit and --exemplars "
+        "(greedy decoding on the same items is deterministic); the cycles are run afresh.",
+    )
+    parser.add_argument("--tag", default="", help="Suffix of the results files (e.g. -100steps).")
     args = parser.parse_args()
     c.setup_env()
     data = c.data_dir()
@@ -146,11 +153,22 @@ def main() -> int:
         description="no LLM: the impression of the nearest train study (MiniLM cosine on findings)",
         actor="benchmark",
     )
+    reused = json.loads(args.reuse_baselines.read_text(encoding="utf-8")) if args.reuse_baselines else None
+    if reused is not None:
+        same = all(reused["params"][k] == getattr(args, k) for k in ("eval_limit", "exemplars"))
+        if not same:
+            raise SystemExit(f"{args.reuse_baselines}: different --eval-limit/--exemplars; cannot reuse its baselines")
+        baselines = [{**row, "note": f"{row['note']} (reused from {args.reuse_baselines.name})"}
+                     for row in reused["baselines"]]  # fmt: skip
     for ref, note in (
-        ("extractive", "no LLM: lead sentence of the findings"),
-        ("extractive-nn@1", "no LLM: nearest train study's impression"),
-        ("smollm2", "zero-shot"),
-        ("smollm2-exemplars@1", f"{args.exemplars} exemplars from the train split"),
+        ()
+        if reused is not None
+        else (
+            ("extractive", "no LLM: lead sentence of the findings"),
+            ("extractive-nn@1", "no LLM: nearest train study's impression"),
+            ("smollm2", "zero-shot"),
+            ("smollm2-exemplars@1", f"{args.exemplars} exemplars from the train split"),
+        )
     ):
         mv = resolve_model(registry, ref)
         _, gen = pool.get(mv.ref)
@@ -209,7 +227,7 @@ def main() -> int:
         cycles.append(rec.as_dict())
 
     records = history(admin, TASK)
-    plot = plot_history(records, c.RESULTS_DIR / "coevolve_history.png")
+    plot = plot_history(records, c.RESULTS_DIR / f"coevolve_history{args.tag}.png")
     rows = list(baselines)
     for r in records:
         if r.candidate_metrics:
@@ -276,11 +294,11 @@ def main() -> int:
             c.md_table(step_times),
             "## Reasons",
             "\n".join(f"- cycle {r.cycle} ({r.status}): " + "; ".join(r.reasons) for r in records),
-            "![metric per cycle](coevolve_history.png)" if plot else "",
+            f"![metric per cycle](coevolve_history{args.tag}.png)" if plot else "",
             c.machine_md(payload["machine"]),
         ]
     )
-    c.write_results("coevolve", payload, md)
+    c.write_results(f"coevolve{args.tag}", payload, md)
     print(json.dumps({"rows": rows, "decisions": decisions}, default=str, indent=1), flush=True)
     return 0
 

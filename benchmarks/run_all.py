@@ -1,12 +1,13 @@
 """Run every benchmark in order (``make bench``): ingest, retrieval quality, search latency, labeler
-validation, generator backends, generation/QA baselines, the radiology workflow, de-identification.
+validation, generator backends, generation/QA baselines, the radiology workflow, de-identification, one LoRA
+adaptation on the IU X-ray train split (~20 min) and the co-evolution case study (~45 min).
 
 The ingest benchmark runs first: its store is reused by the latency benchmark, and its vectors seed the
 embedding cache (benchmarks/.work/embed-cache.db) so the retrieval and latency stores need no model calls.
 Each benchmark writes results/<date>_<name>.json + .md and results/latest_<name>.json + .md.
 
 ``--only NAME`` runs one benchmark (ingest | retrieval | latency | labeler | generators | baselines | radiology |
-deid).
+deid | lora | coevolve).
 """
 
 from __future__ import annotations
@@ -20,7 +21,18 @@ from pathlib import Path
 
 import _common as c
 
-BENCHMARKS = ("ingest", "retrieval", "latency", "labeler", "generators", "baselines", "radiology", "deid")
+BENCHMARKS = (
+    "ingest",
+    "retrieval",
+    "latency",
+    "labeler",
+    "generators",
+    "baselines",
+    "radiology",
+    "deid",
+    "lora",
+    "coevolve",
+)
 
 
 def main() -> int:

@@ -336,7 +336,7 @@ def _production(registry: ModelRegistry, state: LoopState, actor: str, *, write:
     fields = _registry_fields(state.base)
     builtin = BUILTIN_MODELS.get(state.model)
     if builtin is not None and state.base == "smollm2":
-        base = resolve_model(registry, state.model)
+        base = resolve_model(registry, f"{state.model}@{builtin.version}")  # the base, not a newer candidate
     else:
         base = registry.ensure(
             state.model,
@@ -767,7 +767,7 @@ def run_cycle(
     if leaked:
         blockers.append(
             f"the evaluation set overlaps the training snapshot {snap.ref} ({leaked} items): the candidate's scores "
-            "would be inflated"
+            "would be inflated; evaluation studies must never be reviewed into the training data"
         )
     cand_taint = registry.taint(candidate)
     if cand_taint:
@@ -840,7 +840,7 @@ def plot_history(records: Sequence[CycleRecord], path: Path) -> Path | None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    metric = "rouge_l"
+    metric = "rouge_l" if any(r.candidate_metrics.get("rouge_l") is not None for r in points) else "accuracy"
     fig = Figure(figsize=(6.4, 3.6))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
