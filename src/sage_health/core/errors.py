@@ -44,6 +44,10 @@ class PolicyViolation(DataError):
     """An access was denied by policy."""
 
 
+class AuthenticationError(PolicyViolation):
+    """No credential, or one that is unknown, expired or revoked (HTTP 401). Never carries the secret."""
+
+
 class StoreError(DataError):
     """The store is unreadable, of an incompatible schema version, or a write failed."""
 

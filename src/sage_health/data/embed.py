@@ -19,6 +19,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
+from sage_health.core.config import Settings
 from sage_health.core.errors import ConfigError, ModelError, StoreError
 from sage_health.core.hashing import sha256_text
 
@@ -337,3 +338,14 @@ def build_embedder(
 
         return OnnxMiniLMEmbedder(cache_dir or Path(".sage") / "models" / "onnx", batch_size=batch_size)
     raise ConfigError(f"unknown embedder {name!r}; built-ins: minilm, minilm-onnx")
+
+
+def embedder_for(settings: Settings) -> Embedder:
+    """The embedder ``settings`` configure (backend, batch size, precision, ONNX cache): the one factory every
+    entry point uses, so a store is always read with the embedder it was written with."""
+    return build_embedder(
+        settings.embedder,
+        batch_size=settings.embed_batch_size,
+        precision=settings.embed_precision,
+        cache_dir=settings.onnx_cache_dir,
+    )

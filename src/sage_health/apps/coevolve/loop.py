@@ -590,12 +590,10 @@ class _LazyEmbedder:
 
     def __getattr__(self, name: str) -> Any:
         if self._inner is None:
-            from sage_health.data.embed import build_embedder
+            from sage_health.data.embed import embedder_for
 
             s = self._settings
-            self._inner = build_embedder(
-                s.embedder, batch_size=s.embed_batch_size, precision=s.embed_precision, cache_dir=s.onnx_cache_dir
-            )
+            self._inner = embedder_for(s)
         return getattr(self._inner, name)
 
 

@@ -31,7 +31,7 @@ from sage_health.core.config import Settings
 from sage_health.core.errors import EvaluationError
 from sage_health.core.hashing import sha256_file
 from sage_health.data.chunking import Chunker
-from sage_health.data.embed import CachedEmbedder, Embedder, build_embedder
+from sage_health.data.embed import CachedEmbedder, Embedder, embedder_for
 from sage_health.data.governance.access import GovernedStore
 from sage_health.data.governance.policy import Action
 from sage_health.data.ingest.iu_xray import iu_report
@@ -154,12 +154,7 @@ def run_radiology_eval(
     out_dir.mkdir(parents=True, exist_ok=True)
     memory_dir = out_dir / "memory"
     memory_dir.mkdir(parents=True, exist_ok=True)
-    base = build_embedder(
-        settings.embedder,
-        batch_size=settings.embed_batch_size,
-        precision=settings.embed_precision,
-        cache_dir=settings.onnx_cache_dir,
-    )
+    base = embedder_for(settings)
     settings.models_dir.mkdir(parents=True, exist_ok=True)
     embedder = CachedEmbedder(base, settings.models_dir / "embed-cache.db")
     t0 = time.perf_counter()

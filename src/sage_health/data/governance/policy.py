@@ -230,6 +230,11 @@ def rule_for(role: Role, purpose: Purpose) -> Rule | None:
     return None
 
 
+def allowed_purposes(role: str) -> tuple[Purpose, ...]:
+    """The purposes a role may act for (the policy table's rows for that role)."""
+    return tuple(r.purpose for r in RULES if r.role == role)
+
+
 class PolicyEngine:
     """The single place access decisions are made; principals and consent are read from the store database."""
 
@@ -312,12 +317,22 @@ class PolicyEngine:
 
     def access(self, principal: str, purpose: str | None) -> Access:
         """Resolve ``--as`` / ``--purpose`` into an :class:`Access`; clear errors for a missing or unknown value."""
+        return self.access_for(self.principal(principal), purpose)
+
+    @staticmethod
+    def access_for(principal: Principal, purpose: str | None) -> Access:
+        """An :class:`Access` for an already identified principal; a missing or unknown purpose is a clear error
+        (the purpose is always declared, never assumed: it is what the audit log records the access for)."""
         if not purpose:
-            raise PolicyViolation(f"a purpose of use is required ({', '.join(PURPOSES)}); pass --purpose")
+            allowed = ", ".join(allowed_purposes(principal.role)) or "none"
+            raise PolicyViolation(
+                f"a purpose of use is required ({', '.join(PURPOSES)}; {principal.role} may act for: {allowed}); "
+                "pass --purpose (API: header X-Sage-Purpose)"
+            )
         if purpose not in PURPOSES:
             raise PolicyViolation(f"unknown purpose {purpose!r}; purposes: {', '.join(PURPOSES)}")
         p: Purpose = purpose
-        return Access(principal=self.principal(principal), purpose=p)
+        return Access(principal=principal, purpose=p)
 
     # ------------------------------------------------------------------ decisions
     def decide(self, access: Access, action: Action | str) -> Decision:

@@ -7,7 +7,7 @@ from typing import Literal
 from sage_health.core.config import Settings
 from sage_health.core.errors import StoreError
 from sage_health.data.chunking import Chunker
-from sage_health.data.embed import build_embedder
+from sage_health.data.embed import embedder_for
 from sage_health.data.store.sqlite import SqliteDocumentStore
 
 
@@ -22,12 +22,7 @@ def open_store(
     chunks) would cost more than it saves)."""
     if must_exist and not settings.db_path.is_file():
         raise StoreError(f"no store at {settings.store}; run `sage-health ingest PATH --store {settings.store}` first")
-    embedder = build_embedder(
-        settings.embedder,
-        batch_size=settings.embed_batch_size,
-        precision=settings.embed_precision,
-        cache_dir=settings.onnx_cache_dir,
-    )
+    embedder = embedder_for(settings)
     chunker = Chunker(settings.chunk_words, settings.chunk_overlap_words)
     if bm25_index is None:
         bm25_index = "fts5" if settings.bm25_index == "auto" else settings.bm25_index

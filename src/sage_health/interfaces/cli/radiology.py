@@ -27,8 +27,7 @@ from sage_health.core.errors import PolicyViolation, StudyInputError
 from sage_health.data.governance.access import GovernedStore, open_governed
 from sage_health.data.governance.policy import Action
 from sage_health.data.store.factory import open_store
-from sage_health.interfaces.cli_eval import DropLeaksOpt, LimitOpt, OutOpt, SeedOpt, _progress
-from sage_health.interfaces.cli_util import (
+from sage_health.interfaces.cli.common import (
     AsOpt,
     JsonOpt,
     PurposeOpt,
@@ -39,6 +38,7 @@ from sage_health.interfaces.cli_util import (
     run_command,
     settings_for,
 )
+from sage_health.interfaces.cli.eval import DropLeaksOpt, LimitOpt, OutOpt, SeedOpt, _progress
 from sage_health.models.evaluation.labeler import CheXpertLabeler
 from sage_health.models.registry import ModelRegistry
 

@@ -171,7 +171,7 @@ def run_radiology_demo(settings: Settings, store: GovernedStore, out: Console) -
     from sage_health.agents.base import AgentContext
     from sage_health.agents.trace import TraceStore
     from sage_health.apps.radiology.workflow import draft_report, prepare_request, report_text, review_draft
-    from sage_health.interfaces.cli_radiology import print_outcome, trace_tree
+    from sage_health.interfaces.cli.radiology import print_outcome, trace_tree
 
     ctx = AgentContext.create(settings, store)
     out.print(

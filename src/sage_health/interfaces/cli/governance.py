@@ -16,7 +16,7 @@ from sage_health.data.governance.erasure import erase_patient
 from sage_health.data.governance.lineage import LineageNode, LineageStore, walk
 from sage_health.data.governance.policy import Action, ConsentRecord, Principal, read_consent_file
 from sage_health.data.store.factory import open_store
-from sage_health.interfaces.cli_util import (
+from sage_health.interfaces.cli.common import (
     AsOpt,
     JsonOpt,
     PurposeOpt,

@@ -5,14 +5,16 @@
 - ``POST /v1/chat/completions`` — non-streaming, or server-sent events with ``"stream": true``.
 - ``GET /healthz`` — liveness.
 - The radiology workflow: ``POST /v1/radiology/drafts``, ``POST /v1/radiology/drafts/{run_id}/review``,
-  ``GET /v1/runs/{run_id}`` (see :mod:`sage_health.interfaces.api_radiology`).
+  ``GET /v1/runs/{run_id}`` (see :mod:`sage_health.interfaces.api.radiology`).
 
 Settings come from the ``get_settings`` dependency (tests override it). Every error — ours, a request that
 fails validation, an unknown route — has one JSON shape, compatible with OpenAI clients::
 
     {"error": {"type": "<ErrorClass>", "message": "...", "code": <http status>}}
 
-Authentication: when ``SAGE_API_KEY`` is set, requests must send ``Authorization: Bearer <key>``.
+Authentication: every route but ``/healthz`` needs ``Authorization: Bearer <token>`` (a principal's token from
+``sage-health principals token create``): 401 without valid credentials, 403 when the policy denies (see
+:mod:`sage_health.interfaces.api.deps`).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import Any, Literal
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
@@ -33,6 +35,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from sage_health import __version__
 from sage_health.core.config import Settings
 from sage_health.core.errors import (
+    AuthenticationError,
     ConfigError,
     ContextOverflowError,
     EndpointError,
@@ -48,17 +51,15 @@ from sage_health.core.errors import (
     StudyInputError,
     ValidationError,
 )
-from sage_health.data.governance.access import open_governed
 from sage_health.data.governance.policy import Action
-from sage_health.data.store.factory import open_store
-from sage_health.interfaces.api_deps import ActingDep, SettingsDep, authorize, get_settings
-from sage_health.interfaces.api_radiology import add_radiology_routes
-from sage_health.models.catalog import GeneratorPool
+from sage_health.interfaces.api.deps import SessionDep, get_settings
+from sage_health.interfaces.api.radiology import add_radiology_routes
 from sage_health.models.generation.base import ChatMessage, GenerationParams
-from sage_health.models.registry import ModelRegistry
+from sage_health.services.session import Runtime
 
 # One place that maps error classes to HTTP status codes (most specific first).
 ERROR_STATUS: tuple[tuple[type[SageError], int], ...] = (
+    (AuthenticationError, 401),
     (RecordNotFoundError, 404),
     (RunNotFoundError, 404),
     (RunStateError, 409),
@@ -126,8 +127,10 @@ class ChatCompletionRequest(BaseModel):
         )
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """The API application. ``settings`` pre-binds the settings dependency (used by ``sage-health serve``)."""
+def create_app(settings: Settings | None = None, *, auth: bool = True) -> FastAPI:
+    """The API application. ``settings`` pre-binds the settings dependency (used by ``sage-health serve``);
+    ``auth=False`` (``serve --no-auth``, loopback only) acts as the configured principal on a store that does not
+    require credentials."""
     app = FastAPI(
         title="SAGE-Health API",
         version=__version__,
@@ -135,18 +138,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     if settings is not None:
         app.dependency_overrides[get_settings] = lambda: settings
-    pools: dict[str, GeneratorPool] = {}
-
-    def pool(s: Settings) -> GeneratorPool:
-        key = str(s.db_path.resolve())
-        if key not in pools:
-            pools[key] = GeneratorPool(s, ModelRegistry(s.db_path))
-        return pools[key]
+    app.state.runtime = Runtime(bm25_index="memory")
+    app.state.auth = auth
 
     @app.exception_handler(SageError)
     async def sage_error(_: Request, exc: SageError) -> JSONResponse:
         status = status_for(exc)
-        return JSONResponse(error_body(type(exc).__name__, str(exc), status), status_code=status)
+        headers = {"WWW-Authenticate": 'Bearer realm="sage-health"'} if status == 401 else None
+        return JSONResponse(error_body(type(exc).__name__, str(exc), status), status_code=status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -159,17 +158,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         return JSONResponse(error_body("HTTPError", str(exc.detail), exc.status_code), status_code=exc.status_code)
 
-    add_radiology_routes(app, pool)
+    add_radiology_routes(app)
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:
         return {"status": "ok", "version": __version__}
 
-    @app.get("/v1/models", tags=["openai"], dependencies=[Depends(authorize)])
-    def list_models(s: SettingsDep) -> dict[str, Any]:
-        reg = pool(s).registry
+    @app.get("/v1/models", tags=["openai"])
+    def list_models(session: SessionDep) -> dict[str, Any]:
+        pool = session.pool()
+        reg = pool.registry
         for name in ("smollm2", "extractive"):
-            pool(s).get(name)  # registers the built-in base models (no weights are loaded here)
+            pool.get(name)  # registers the built-in base models (no weights are loaded here)
         data = []
         for mv in reg.list_versions():
             created = int(datetime.fromisoformat(mv.created_at).timestamp())
@@ -186,13 +186,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
         return {"object": "list", "data": data}
 
-    @app.post("/v1/chat/completions", tags=["openai"], dependencies=[Depends(authorize)], response_model=None)
-    def chat_completions(body: ChatCompletionRequest, s: ActingDep) -> dict[str, Any] | StreamingResponse:
-        governed = open_governed(s, open_store(s, must_exist=False))
-        governed.decide(Action.GENERATE)
-        model, gen = pool(s).get(body.model)
+    @app.post("/v1/chat/completions", tags=["openai"], response_model=None)
+    def chat_completions(body: ChatCompletionRequest, session: SessionDep) -> dict[str, Any] | StreamingResponse:
+        s = session.settings
+        session.decide(Action.GENERATE)
+        model, gen = session.pool().get(body.model)
         messages = [m.to_message() for m in body.messages]
-        governed.log(
+        session.audit(
             Action.GENERATE.value,
             query="\n".join(m.content for m in messages),
             detail={"model": model.ref, "endpoint": "chat.completions", "stream": body.stream},

@@ -13,7 +13,7 @@ from sage_health.core.errors import PolicyViolation
 from sage_health.data.governance.access import open_governed
 from sage_health.data.governance.policy import Action
 from sage_health.data.store.factory import open_store
-from sage_health.interfaces.cli_util import (
+from sage_health.interfaces.cli.common import (
     AsOpt,
     JsonOpt,
     PurposeOpt,

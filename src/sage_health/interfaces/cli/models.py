@@ -11,7 +11,7 @@ from rich.table import Table
 from sage_health.core.config import Settings
 from sage_health.core.errors import PolicyViolation, SageError
 from sage_health.data.governance.policy import Action
-from sage_health.interfaces.cli_util import (
+from sage_health.interfaces.cli.common import (
     AsOpt,
     JsonOpt,
     PurposeOpt,
@@ -237,12 +237,23 @@ def generate(
     run_command(body)
 
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
 def serve(
     host: Annotated[str, typer.Option("--host", help="Bind address.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=1, max=65535)] = 8000,
     store: StoreOpt = None,
+    no_auth: Annotated[
+        bool,
+        typer.Option(
+            "--no-auth",
+            help="Loopback only: act as SAGE_PRINCIPAL without tokens, on a store that does not require them.",
+        ),
+    ] = False,
+    as_: AsOpt = None,
 ) -> None:
-    """Serve the REST API with OpenAI-compatible /v1/models and /v1/chat/completions (OpenAPI at /docs)."""
+    """Serve the REST API (OpenAPI at /docs). Every route but /healthz needs `Authorization: Bearer <token>`."""
 
     def body() -> None:
         try:
@@ -251,10 +262,15 @@ def serve(
             raise SageError("uvicorn is not installed: run `make install`") from exc
         from sage_health.interfaces.api import create_app
 
-        settings = settings_for(store)
-        if host not in ("127.0.0.1", "localhost", "::1") and settings.api_key is None:
-            err.print("[yellow]warning:[/] serving beyond localhost without SAGE_API_KEY: anyone can call the API")
-        uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+        settings = settings_for(store, as_)
+        if no_auth:
+            if host not in LOOPBACK:
+                raise SageError(f"--no-auth is refused on {host}: bind 127.0.0.1 or serve with tokens")
+            err.print(
+                f"[yellow]warning:[/] --no-auth: every request acts as {settings.principal or '(SAGE_PRINCIPAL)'} "
+                "without credentials; loopback only, for a single local user"
+            )
+        uvicorn.run(create_app(settings, auth=not no_auth), host=host, port=port, log_level="info")
 
     run_command(body)
 

@@ -11,8 +11,8 @@ from rich.table import Table
 
 from sage_health.core.config import Settings
 from sage_health.core.errors import EvaluationError
-from sage_health.data.embed import build_embedder
-from sage_health.interfaces.cli_util import (
+from sage_health.data.embed import embedder_for
+from sage_health.interfaces.cli.common import (
     AsOpt,
     JsonOpt,
     PurposeOpt,
@@ -118,9 +118,7 @@ def eval_report(
         governed = evaluation_access(settings)
         registry = ModelRegistry(settings.db_path)
         mv, gen = GeneratorPool(settings, registry).get(model)
-        embedder = build_embedder(
-            settings.embedder, batch_size=settings.embed_batch_size, cache_dir=settings.onnx_cache_dir
-        )
+        embedder = embedder_for(settings)
         with _progress() as bar:
             job = bar.add_task(f"{mv.ref} {task}", total=None)
             outcome = run_report_eval(

@@ -29,7 +29,7 @@ from rich.table import Table
 from sage_health import __version__
 from sage_health.core.config import Settings
 from sage_health.core.errors import SageError
-from sage_health.data.embed import build_embedder
+from sage_health.data.embed import embedder_for
 from sage_health.data.governance.access import open_governed
 from sage_health.data.governance.policy import Action
 from sage_health.data.ingest.pipeline import FileProblem, IngestPipeline, IngestReport, expand_paths
@@ -37,18 +37,16 @@ from sage_health.data.retrieval import patient_context
 from sage_health.data.store.factory import open_store
 from sage_health.data.store.protocol import SearchFilters, SearchHit, SearchMode, SearchQuery
 from sage_health.data.store.sqlite import SqliteDocumentStore
-from sage_health.interfaces import (
-    cli_audit,
-    cli_coevolve,
-    cli_datasets,
-    cli_eval,
-    cli_governance,
-    cli_imaging,
-    cli_lora,
-    cli_models,
-    cli_radiology,
-)
-from sage_health.interfaces.cli_util import (
+from sage_health.interfaces.cli import audit as cli_audit
+from sage_health.interfaces.cli import coevolve as cli_coevolve
+from sage_health.interfaces.cli import datasets as cli_datasets
+from sage_health.interfaces.cli import eval as cli_eval
+from sage_health.interfaces.cli import governance as cli_governance
+from sage_health.interfaces.cli import imaging as cli_imaging
+from sage_health.interfaces.cli import lora as cli_lora
+from sage_health.interfaces.cli import models as cli_models
+from sage_health.interfaces.cli import radiology as cli_radiology
+from sage_health.interfaces.cli.common import (
     AsOpt,
     JsonOpt,
     PurposeOpt,
@@ -490,12 +488,7 @@ def eval_retrieval(
                 raise SageError(f"{f}: no such file")
         settings = _settings(store, as_, purpose)
         governed = evaluation_access(settings)
-        embedder = build_embedder(
-            settings.embedder,
-            batch_size=settings.embed_batch_size,
-            precision=settings.embed_precision,
-            cache_dir=settings.onnx_cache_dir,
-        )
+        embedder = embedder_for(settings)
         result = evaluate_retrieval(pubmedqa, medquad, medquad_sample=medquad_sample, seed=seed, embedder=embedder)
         governed.log(Action.EVALUATE.value, detail={"task": "retrieval", "seed": seed})
         payload = result.model_dump(mode="json")
@@ -513,7 +506,7 @@ def demo(
     data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Public data (default SAGE_DATA_DIR).")] = None,
 ) -> None:
     """Ingest the shared public data (if not already) and run example searches with cited evidence."""
-    from sage_health.interfaces.demo import run_demo
+    from sage_health.interfaces.cli.demo import run_demo
 
     def body() -> None:
         settings = _settings(store)

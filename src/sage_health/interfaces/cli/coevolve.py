@@ -15,7 +15,7 @@ from sage_health.apps.coevolve.replay import replay_studies
 from sage_health.core.errors import ValidationError
 from sage_health.data.governance.access import open_governed
 from sage_health.data.store.factory import open_store
-from sage_health.interfaces.cli_util import (
+from sage_health.interfaces.cli.common import (
     AsOpt,
     JsonOpt,
     PurposeOpt,

@@ -11,7 +11,7 @@ from sage_health.core.errors import SageError
 from sage_health.data.governance.audit import AuditLog
 from sage_health.data.governance.policy import Action
 from sage_health.data.store.protocol import SearchFilters
-from sage_health.interfaces.cli_util import (
+from sage_health.interfaces.cli.common import (
     AsOpt,
     JsonOpt,
     PurposeOpt,

@@ -10,12 +10,10 @@ time per application (the store connection and the CPU are shared); the others w
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fastapi import Depends, FastAPI
+from fastapi import FastAPI
 from pydantic import BaseModel, ConfigDict, Field
 
 from sage_health.agents.base import AgentContext
@@ -28,14 +26,10 @@ from sage_health.apps.radiology.workflow import (
     report_text,
     review_draft,
 )
-from sage_health.core.config import Settings
 from sage_health.core.errors import PolicyViolation
-from sage_health.data.governance.access import open_governed
 from sage_health.data.governance.policy import Action
-from sage_health.data.store.factory import open_store
-from sage_health.data.store.sqlite import SqliteDocumentStore
-from sage_health.interfaces.api_deps import ActingDep, authorize
-from sage_health.models.catalog import GeneratorPool
+from sage_health.interfaces.api.deps import SessionDep
+from sage_health.services.session import Session
 
 
 class DraftBody(BaseModel):
@@ -59,22 +53,17 @@ class ReviewBody(BaseModel):
     reason: str | None = None
 
 
-def add_radiology_routes(app: FastAPI, pool: Callable[[Settings], GeneratorPool]) -> None:
-    """Mount the radiology routes; ``pool`` gives the app's shared generator pool (one model load per process)."""
-    stores: dict[str, SqliteDocumentStore] = {}
-    lock = threading.Lock()
+def add_radiology_routes(app: FastAPI) -> None:
+    """Mount the radiology routes (the session's runtime shares the store and generator pool per process)."""
 
-    def context(s: Settings) -> AgentContext:
-        key = str(s.db_path.resolve())
-        if key not in stores:
-            stores[key] = open_store(s, bm25_index="memory")
-        p = pool(s)
-        return AgentContext(settings=s, store=open_governed(s, stores[key]), registry=p.registry, pool=p)
+    def context(session: Session) -> AgentContext:
+        pool = session.pool()
+        return AgentContext(settings=session.settings, store=session.governed(), registry=pool.registry, pool=pool)
 
-    @app.post("/v1/radiology/drafts", tags=["radiology"], dependencies=[Depends(authorize)])
-    def create_draft(body: DraftBody, s: ActingDep) -> DraftOutcome:
-        with lock:
-            ctx = context(s)
+    @app.post("/v1/radiology/drafts", tags=["radiology"])
+    def create_draft(body: DraftBody, session: SessionDep) -> DraftOutcome:
+        with session.runtime.workflow_lock:
+            ctx = context(session)
             request = prepare_request(
                 ctx,
                 indication=body.indication,
@@ -86,19 +75,20 @@ def add_radiology_routes(app: FastAPI, pool: Callable[[Settings], GeneratorPool]
             )
             return draft_report(ctx, request)
 
-    @app.post("/v1/radiology/drafts/{run_id}/review", tags=["radiology"], dependencies=[Depends(authorize)])
-    def review(run_id: str, body: ReviewBody, s: ActingDep) -> ReviewOutcome:
+    @app.post("/v1/radiology/drafts/{run_id}/review", tags=["radiology"])
+    def review(run_id: str, body: ReviewBody, session: SessionDep) -> ReviewOutcome:
         edited = None
         if body.findings is not None or body.impression is not None:
             edited = report_text(body.findings or "", body.impression or "")
-        with lock:
+        with session.runtime.workflow_lock:
             return review_draft(
-                context(s), run_id, approve=body.approve, edited=edited, signer=body.signer, reason=body.reason
+                context(session), run_id, approve=body.approve, edited=edited, signer=body.signer, reason=body.reason
             )
 
-    @app.get("/v1/runs/{run_id}", tags=["radiology"], dependencies=[Depends(authorize)])
-    def get_run(run_id: str, s: ActingDep) -> dict[str, Any]:
-        governed = open_governed(s, open_store(s))
+    @app.get("/v1/runs/{run_id}", tags=["radiology"])
+    def get_run(run_id: str, session: SessionDep) -> dict[str, Any]:
+        s = session.settings
+        governed = session.governed()
         decision = governed.decide(Action.READ)
         if decision.view != "identified":
             raise PolicyViolation(f"{governed.access.label} sees de-identified data only; agent traces are identified")
