@@ -401,7 +401,7 @@ def get_snapshot(settings: Settings, ref: str) -> SnapshotInfo:
 def _real_id(viewed_id: str, governed: GovernedStore, decision: Decision) -> str:
     """The stored id behind an id as the caller's view shows it (only a Patient record's id is pseudonymised)."""
     if decision.view == "deidentified" and governed.view is not None and viewed_id.startswith(PSEUDONYM_PREFIX):
-        return governed.view.resolve_patient(viewed_id, governed.store) or viewed_id
+        return governed.resolve_viewed_id(viewed_id)
     return viewed_id
 
 
@@ -458,19 +458,14 @@ def _consent_excluded(snap: GovernedStore, decision: Decision, selector: Selecto
     """How many opted-out patients had records this selector would otherwise have read (counted, never read)."""
     if not decision.exclude_opted_out:
         return 0
-    present = sorted(set(snap.opted_out()) & snap.store.patient_ids())
     if selector.query is not None:
-        return len(present)
-    count = 0
-    for patient in present:
-        filters = SearchFilters(
-            patient_id=patient,
+        return snap.opted_out_with_records()
+    return snap.opted_out_with_records(
+        SearchFilters(
             resource_types=(selector.resource_type,) if selector.resource_type else (),
             sources=(selector.source,) if selector.source else (),
         )
-        if any(True for _ in snap.store.iter_records(filters, batch=1)):
-            count += 1
-    return count
+    )
 
 
 def _sources_table(settings: Settings, sources: Iterable[str]) -> list[str]:
@@ -706,12 +701,7 @@ def _verify_files(info: SnapshotInfo) -> dict[str, Any]:
 
 
 def _patients_opted_out_since(governed: GovernedStore, info: SnapshotInfo, real_ids: set[str]) -> int:
-    count = 0
-    for patient in sorted(set(governed.policy.opted_out()) & governed.store.patient_ids()):  # fresh, not cached
-        ids = {s.record.id for s in governed.store.iter_records(SearchFilters(patient_id=patient))}
-        if ids & real_ids:
-            count += 1
-    return count
+    return governed.opted_out_owners(real_ids)
 
 
 def _same_files(a: Path, b: Path, names: Sequence[str]) -> bool:

@@ -703,12 +703,7 @@ def run_cycle(
     # 3. retrieval memory: approved reports are indexed at review time; check they are retrievable
     t = time.perf_counter()
     signed = [e.record_id for e in new if e.kind in ("approved", "edited") and e.record_id]
-    if signed:  # an index check (chunk counts), decided and audited once rather than per record
-        governed.decide(Action.READ)
-        retrievable = sum(1 for rid in signed if governed.store.chunks_of(rid))
-        governed.log("read", record_ids=signed, detail={"check": "coevolve memory: approved reports indexed"})
-    else:
-        retrievable = 0
+    retrievable = governed.indexed(signed) if signed else 0  # decided and audited once, not per record
     rec.inputs["memory_new_reports"] = len(signed)
     rec.inputs["memory_retrievable"] = retrievable
     _timed(timings, "memory", t)

@@ -17,7 +17,6 @@ evaluations and exports receive a ``GovernedStore``, never the raw store, so no 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from sage_health.core.config import Settings
@@ -44,34 +43,44 @@ class RecordView(Protocol):
         ...
 
 
-@dataclass
 class GovernedStore:
-    """A store bound to one principal and purpose. Cheap; build one per request or command."""
+    """A store bound to one principal and purpose. Cheap; build one per request or command.
 
-    store: SqliteDocumentStore
-    access: Access
-    policy: PolicyEngine
-    audit: AuditLog
-    view: RecordView | None = None
-    """The de-identified view; required for principals whose decisions say ``deidentified``."""
-    read_as: Action | None = None
-    """When set, reads and searches are decided as this action (e.g. ``train``: secondary use, consent applies)."""
-    _opted_out: tuple[str, ...] | None = field(default=None, repr=False)
+    The raw store is private: nothing outside the governance layer reaches it, so nothing can read around the
+    policy. Everything a use case needs is a method here, decided and audited."""
+
+    def __init__(
+        self,
+        store: SqliteDocumentStore,
+        access: Access,
+        policy: PolicyEngine,
+        audit: AuditLog,
+        view: RecordView | None = None,
+        read_as: Action | None = None,
+    ) -> None:
+        self._store = store
+        self.access = access
+        self.policy = policy
+        self.audit = audit
+        self.view = view
+        """The de-identified view; required for principals whose decisions say ``deidentified``."""
+        self.read_as = read_as
+        """When set, reads and searches are decided as this action (e.g. ``train``: secondary use, consent applies)."""
+        self._opted_out: tuple[str, ...] | None = None
+
+    def __repr__(self) -> str:
+        return f"GovernedStore({self.access.label}, read_as={self.read_as})"
 
     def over(self, store: SqliteDocumentStore) -> GovernedStore:
         """The same principal, purpose, policy, audit log and view over another store (e.g. an evaluation's
         retrieval memory built from a train file)."""
-        return GovernedStore(
-            store=store, access=self.access, policy=self.policy, audit=self.audit, view=self.view, read_as=self.read_as
-        )
+        return GovernedStore(store, self.access, self.policy, self.audit, self.view, self.read_as)
 
     def acting(self, action: Action) -> GovernedStore:
         """A copy whose reads and searches are decided (and audited) as ``action``: a training job's reads are
         ``train``, an evaluation's are ``evaluate``, so research opt-outs apply to them whatever the purpose."""
         self.decide(action)
-        return GovernedStore(
-            store=self.store, access=self.access, policy=self.policy, audit=self.audit, view=self.view, read_as=action
-        )
+        return GovernedStore(self._store, self.access, self.policy, self.audit, self.view, action)
 
     # ------------------------------------------------------------------ policy + audit helpers
     def decide(self, action: Action, *, detail: dict[str, Any] | None = None) -> Decision:
@@ -116,7 +125,7 @@ class GovernedStore:
     def _filters(self, filters: SearchFilters, decision: Decision) -> SearchFilters:
         update: dict[str, Any] = {}
         if decision.view == "deidentified" and filters.patient_id and self.view is not None:
-            real = self.view.resolve_patient(filters.patient_id, self.store)
+            real = self.view.resolve_patient(filters.patient_id, self._store)
             # an unknown pseudonym must match nothing, never everything
             update["patient_id"] = real or f"unknown-pseudonym:{filters.patient_id}"
         if decision.exclude_opted_out:
@@ -152,16 +161,16 @@ class GovernedStore:
         a real patient id is not found."""
         if decision.view != "deidentified" or self.view is None:
             return record_id
-        real = self.view.resolve_patient(record_id, self.store)
+        real = self.view.resolve_patient(record_id, self._store)
         if real is not None:
             return real
-        return None if record_id in self.store.patient_ids() else record_id
+        return None if record_id in self._store.patient_ids() else record_id
 
     # ------------------------------------------------------------------ reads
     def search(self, query: SearchQuery, *, action: Action | None = None) -> list[SearchHit]:
         decision = self.decide(action or self.read_as or Action.SEARCH)
         filters = self._filters(query.filters, decision)
-        hits = self.store.search(query.model_copy(update={"filters": filters}))
+        hits = self._store.search(query.model_copy(update={"filters": filters}))
         out = [self._out_hit(h, decision) for h in hits]
         self.log(
             decision.action.value,
@@ -178,7 +187,7 @@ class GovernedStore:
         if real_id is None:
             self.log("read", detail={"found": False})
             return None
-        stored = self.store.get(real_id, version=version)
+        stored = self._store.get(real_id, version=version)
         if stored is not None and not self._visible(stored, decision):
             self.log(decision.action.value, record_ids=[real_id], detail={"withheld": "research opt-out"},
                      outcome="withheld")  # fmt: skip
@@ -191,7 +200,7 @@ class GovernedStore:
         real_id = self._resolve_id(record_id, decision)
         if real_id is None:
             return []
-        versions = [s for s in self.store.history(real_id) if self._visible(s, decision)]
+        versions = [s for s in self._store.history(real_id) if self._visible(s, decision)]
         self.log("read", record_ids=[real_id] if versions else [], detail={"versions": len(versions)})
         return [self._out_record(s, decision) for s in versions]
 
@@ -199,10 +208,10 @@ class GovernedStore:
         """The chunks of a visible record (texts through the view)."""
         decision = self.decide(self.read_as or Action.READ)
         real_id = self._resolve_id(record_id, decision)
-        stored = self.store.get(real_id) if real_id is not None else None
+        stored = self._store.get(real_id) if real_id is not None else None
         if stored is None or not self._visible(stored, decision):
             return []
-        chunks = self.store.chunks_of(stored.record.id)
+        chunks = self._store.chunks_of(stored.record.id)
         if decision.view == "deidentified" and self.view is not None:
             view = self.view
             chunks = [c.model_copy(update={"text": view.text(c.text, stored.record.patient_id)}) for c in chunks]
@@ -217,7 +226,7 @@ class GovernedStore:
         pushed = self._filters(filters or SearchFilters(), decision)
         seen: list[str] = []
         try:
-            for stored in self.store.iter_records(pushed, batch=batch):
+            for stored in self._store.iter_records(pushed, batch=batch):
                 seen.append(stored.record.id)
                 yield self._out_record(stored, decision)
         finally:
@@ -230,7 +239,7 @@ class GovernedStore:
 
     def stats(self) -> dict[str, Any]:
         """Aggregate counts (no record content): any known principal may ask."""
-        result = self.store.stats()
+        result = self._store.stats()
         self.log("stats")
         return result
 
@@ -239,7 +248,7 @@ class GovernedStore:
         self, records: Sequence[RecordBase], *, run_id: str | None = None, action: Action = Action.INGEST
     ) -> WriteResult:
         decision = self.decide(action)
-        result = self.store.write(records, run_id=run_id)
+        result = self._store.write(records, run_id=run_id)
         self.log(
             decision.action.value,
             record_ids=[*result.inserted_ids, *result.updated_ids],
@@ -250,7 +259,52 @@ class GovernedStore:
 
     @property
     def path(self) -> Any:
-        return self.store.path
+        return self._store.path
+
+    # ------------------------------------------------------------------ consent checks (counts, never content)
+    def resolve_viewed_id(self, viewed_id: str) -> str:
+        """The stored id behind an id as this caller's view shows it (a pseudonym → the real patient id)."""
+        decision = self.policy.decide(self.access, self.read_as or Action.READ)
+        if self.view is not None and decision.view == "deidentified":
+            return self.view.resolve_patient(viewed_id, self._store) or viewed_id
+        return viewed_id
+
+    def has_patient(self, patient_id: str) -> bool:
+        """Whether the store holds records of ``patient_id`` (an existence check for consent and erasure)."""
+        return patient_id in self._store.patient_ids()
+
+    def indexed(self, record_ids: Sequence[str]) -> int:
+        """How many of ``record_ids`` have chunks in the index (an index check: one decision, one audit event)."""
+        decision = self.decide(self.read_as or Action.READ)
+        count = sum(1 for rid in record_ids if self._store.chunks_of(rid))
+        self.log(decision.action.value, record_ids=record_ids, detail={"check": "indexed", "indexed": count})
+        return count
+
+    def record_ids_of(self, patient_id: str) -> set[str]:
+        """The ids of ``patient_id``'s records (ids only; for the audit trail of one patient)."""
+        return {s.record.id for s in self._store.iter_records(SearchFilters(patient_id=patient_id))}
+
+    def opted_out_with_records(self, filters: SearchFilters | None = None) -> int:
+        """How many patients who opted out of research (now) have current records matching ``filters``
+        (counted, never read): the consent exclusion a snapshot or export reports."""
+        present = sorted(set(self.policy.opted_out()) & self._store.patient_ids())
+        if filters is None or filters.is_empty():
+            return len(present)
+        count = 0
+        for patient in present:
+            scoped = filters.model_copy(update={"patient_id": patient})
+            if any(True for _ in self._store.iter_records(scoped, batch=1)):
+                count += 1
+        return count
+
+    def opted_out_owners(self, record_ids: set[str]) -> int:
+        """How many patients who opted out (now, fresh) own at least one of ``record_ids``."""
+        count = 0
+        for patient in sorted(set(self.policy.opted_out()) & self._store.patient_ids()):
+            ids = {s.record.id for s in self._store.iter_records(SearchFilters(patient_id=patient))}
+            if ids & record_ids:
+                count += 1
+        return count
 
 
 def open_governed(

@@ -46,7 +46,7 @@ def erase_patient(governed: GovernedStore, patient_id: str, *, reason: str) -> E
     governed.decide(Action.ERASE)
     if not reason.strip():
         raise ValidationError("erasure needs a --reason (kept in the audit log as a hash)")
-    store = governed.store
+    store = governed._store
     conn = store.connection
     rows = conn.execute(
         "SELECT DISTINCT id FROM records WHERE patient_id = ? OR id = ?", (patient_id, patient_id)

@@ -10,7 +10,6 @@ from rich.table import Table
 from sage_health.core.errors import SageError
 from sage_health.data.governance.audit import AuditLog
 from sage_health.data.governance.policy import Action
-from sage_health.data.store.protocol import SearchFilters
 from sage_health.interfaces.cli.common import (
     AsOpt,
     JsonOpt,
@@ -73,7 +72,7 @@ def show(
         governed = evaluation_access(settings, Action.AUDIT)
         events = AuditLog.for_settings(settings).events(record_id=record, since=since, action=action)
         if patient:
-            ids = {patient} | {s.record.id for s in governed.store.iter_records(SearchFilters(patient_id=patient))}
+            ids = {patient} | governed.record_ids_of(patient)
             events = [e for e in events if ids.intersection(e.record_ids)]
         governed.log(Action.AUDIT.value, record_ids=[patient] if patient else [], detail={"events": len(events)})
         if as_json:

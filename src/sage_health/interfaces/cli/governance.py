@@ -125,7 +125,7 @@ def consent_set(
         if opt_in == opt_out:
             raise ValidationError("pass exactly one of --opt-out or --opt-in")
         governed = evaluation_access(settings_for(store, as_, purpose), Action.CONSENT)
-        if governed.store.get(patient) is None:
+        if not governed.has_patient(patient):
             raise ValidationError(f"unknown patient {patient}: no such record in the store")
         rec = governed.policy.record_consent(
             patient,
@@ -257,7 +257,7 @@ def lineage(
             raise ValidationError("pass --up or --down, not both")
         settings = settings_for(store, as_, purpose)
         governed = evaluation_access(settings, Action.LINEAGE)
-        tree_root = walk(governed.store.connection, LineageStore(settings.db_path), node, up=up, depth=depth)
+        tree_root = walk(governed._store.connection, LineageStore(settings.db_path), node, up=up, depth=depth)
         governed.log(Action.LINEAGE.value, record_ids=[node], detail={"direction": "up" if up else "down"})
         if as_json:
             echo_json(tree_root.as_dict())
