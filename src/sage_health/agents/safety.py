@@ -13,21 +13,25 @@ positives on 3,000 real IU X-ray reports by the unit tests (none may match).
 re-screens it to know which items were quarantined. Violations (``blocked`` is True when any is blocking):
 
 * ``phi_leak`` (blocking) — an identifier of *another* patient's evidence (``patient_id`` set and different from
-  the target's) appears in the draft (sentences and notes): person names (the other patient's ``Patient`` record
-  names when the store has it, and titled names in the evidence text: ``Mr./Mrs./Ms./Dr./Prof. Smith``,
-  ``Patient John Doe``, ``Name: John Doe``), dates (ISO, US ``m/d/yyyy``, ``March 3, 2015``, ``3 March 2015``;
-  compared as calendar dates, so a reformatted date still matches), numbers of 6 or more digits, ``MRN: …``-style
-  identifiers and the record's identifiers, phone numbers (compared by digits) and e-mail addresses. Matching is
-  case-insensitive on word boundaries. A value is *not* a leak when it also occurs in the target patient's own
-  evidence or record, or in evidence of no patient (knowledge, de-identified corpora): the draft can have it from
-  there. Name tokens in :data:`NAME_ALLOWLIST` (eponyms and common words that are also surnames) are never
-  matched. The detail names the evidence id and the kind, never the value.
+  the target's) appears in the draft (sentences and notes). The identifiers are what the platform's PHI detector
+  (:func:`sage_health.data.governance.deid.identifiers.detect_phi`, the de-identifier's recognizers) finds in the
+  evidence text, plus the other patient's ``Patient`` record when the store has it (names, birth date,
+  identifiers, telecom): person names (names the detector scores at least :data:`NAME_MIN_SCORE`: titled, cued
+  and known names, ``Dr. Smith``, ``Patient John Doe``, ``Name: John Doe``), dates with a year, a month and a day
+  (compared as calendar dates, so a reformatted date still matches), record and other identifiers (``MRN: …``,
+  long digit runs, codes, SSNs), phone numbers (compared by digits) and e-mail addresses. Names, identifiers and
+  e-mails match case-insensitively as whole words; name words that are common English words or titles never
+  count, and a name where the draft uses it as a clinical eponym (:data:`NAME_ALLOWLIST`: "Graves disease") does
+  not match. A value is *not* a leak when it also occurs in the target patient's own evidence or record, or in
+  evidence of no patient (knowledge, de-identified corpora): the draft can have it from there. The detail names
+  the evidence id and the kind, never the value.
 * ``prompt_injection`` (blocking) — the draft contains an injection pattern, cites a quarantined item, or a draft
   sentence copies the injected text of a quarantined item (lexical support >= :data:`QUARANTINE_OVERLAP` against a
   sentence of the item that matches an injection pattern; the item's ordinary sentences do not count).
 * ``policy`` — **non-blocking** when the draft has no findings or no impression sentence (the verifier flagged it;
   sign-off then requires the radiologist's edited report); **blocking** for a sentence over :data:`MAX_SENTENCE_CHARS`
-  characters; a draft over :data:`MAX_DRAFT_CHARS`; a URL, e-mail address or code fence; chatbot boilerplate
+  characters; a draft over :data:`MAX_DRAFT_CHARS`; a URL or e-mail address (as the PHI detector finds them), a code
+  fence; chatbot boilerplate
   (:data:`BOILERPLATE_PATTERNS`). **Non-blocking** policy note: a specific drug dose (``40 mg``, ``2.5 mcg``,
   ``1 mg/kg``) — dosing is outside a radiology report's scope, so the radiologist is told to confirm or remove it,
   but a dose copied from the history ("on warfarin 5 mg") is not by itself unsafe to sign.
@@ -39,20 +43,22 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import date
 from typing import ClassVar, Final, Literal, overload
 
 from pydantic import BaseModel, ConfigDict
 
 from sage_health.agents.base import AgentContext
 from sage_health.agents.support import split_sentences, support
-from sage_health.agents.types import (
-    Draft,
-    EvidenceItem,
-    EvidenceScreen,
-    SafetyReport,
-    SafetyViolation,
+from sage_health.agents.types import Draft, EvidenceItem, EvidenceScreen, SafetyReport, SafetyViolation
+from sage_health.data.governance.deid.identifiers import (
+    calendar_date,
+    contains_value,
+    detect_phi,
+    name_tokens,
+    phone_digits,
 )
+from sage_health.data.governance.deid.lexicon import MEDICAL_EPONYMS
+from sage_health.data.governance.deid.types import EntityLabel, PhiSpan
 from sage_health.data.schema import Patient
 
 __all__ = [
@@ -61,6 +67,7 @@ __all__ = [
     "MAX_DRAFT_CHARS",
     "MAX_SENTENCE_CHARS",
     "NAME_ALLOWLIST",
+    "NAME_MIN_SCORE",
     "QUARANTINE_OVERLAP",
     "PatientLookup",
     "Safety",
@@ -134,66 +141,34 @@ BOILERPLATE_PATTERNS: Final[Mapping[str, re.Pattern[str]]] = {
     "apology": re.compile(r"\bi(?:'m|\s+am)\s+sorry\b|\bi\s+apologi[sz]e\b", _I),
 }
 
+_FENCE = re.compile(r"```|~~~")
+_DOSE = re.compile(r"\b\d+(?:\.\d+)?\s?(?:mg|mcg|µg|ug|micrograms?|milligrams?)(?:/kg)?\b", _I)
+
 MAX_SENTENCE_CHARS: Final = 400
 MAX_DRAFT_CHARS: Final = 4000
 #: Lexical support of a draft sentence against a quarantined evidence sentence at which it counts as copied.
 QUARANTINE_OVERLAP: Final = 0.6
 
-#: Name tokens never matched as names: clinical eponyms and common words that are also surnames or given names.
-NAME_ALLOWLIST: Final[frozenset[str]] = frozenset(
-    {
-        # eponyms of diseases, signs and devices seen in chest imaging and history
-        "addison", "alzheimer", "barrett", "bell", "crohn", "cushing", "down", "foley", "ganz", "graves",
-        "hickman", "hodgkin", "kerley", "paget", "parkinson", "swan", "wilson", "hampton", "westermark",
-        "pancoast", "kaposi", "marfan", "raynaud", "sjogren", "wegener", "whipple", "bochdalek", "morgagni",
-        # common words that are also names
-        "black", "brown", "green", "gray", "grey", "white", "young", "small", "long", "short", "little", "large",
-        "hill", "wells", "may", "june", "august", "will", "mark", "hope", "grace", "rose", "stable", "clear",
-        "normal", "chest", "heart", "patient", "doctor", "left", "right", "xxxx",
-    }
-)  # fmt: skip
+#: The de-identifier's medical allow-list (:data:`~sage_health.data.governance.deid.MEDICAL_EPONYMS`): where the
+#: draft uses one of these as a clinical eponym ("Graves disease", "Parkinson's"), it is not a name.
+NAME_ALLOWLIST: Final[frozenset[str]] = MEDICAL_EPONYMS
+#: A name the PHI detector finds in evidence text counts from this score: titled, cued and known names and
+#: Synthea-style names, not a capitalised word that merely resembles a name (scores 0.35-0.4).
+NAME_MIN_SCORE: Final = 0.5
 
 # ---------------------------------------------------------------------- identifier extraction
 
-_TITLE_NAME = re.compile(
-    r"\b(?:[Mm]r|[Mm]rs|[Mm]s|[Mm]iss|[Mm]x|[Dd]r|[Pp]rof)\.?\s+([A-Z][A-Za-z'\-]*[0-9]*(?:\s+[A-Z][A-Za-z'\-]*[0-9]*)?)"
-    r"|\b(?:[Pp]atient|[Pp]t\.?)\s+([A-Z][A-Za-z'\-]*[0-9]*\s+[A-Z][A-Za-z'\-]*[0-9]*)"
-    r"|\b[Nn]ame\s*:\s*([A-Z][A-Za-z'\-]*[0-9]*(?:\s+[A-Z][A-Za-z'\-]*[0-9]*)?)"
-)
-_MONTHS: Final[Mapping[str, int]] = {
-    name: number
-    for number, names in enumerate(
-        (
-            ("jan", "january"), ("feb", "february"), ("mar", "march"), ("apr", "april"), ("may",),
-            ("jun", "june"), ("jul", "july"), ("aug", "august"), ("sep", "sept", "september"),
-            ("oct", "october"), ("nov", "november"), ("dec", "december"),
-        ),
-        start=1,
-    )
-    for name in names
-}  # fmt: skip
-_MONTH = r"(?P<mon>" + "|".join(sorted(_MONTHS, key=len, reverse=True)) + r")\.?"
-_DATE_PATTERNS: Final[tuple[re.Pattern[str], ...]] = (
-    re.compile(r"(?<!\d)(?P<y>\d{4})-(?P<m>\d{1,2})-(?P<d>\d{1,2})(?!\d)"),  # also the date of 2015-03-04T10:00
-    re.compile(r"(?<![\d/])(?P<m>\d{1,2})/(?P<d>\d{1,2})/(?P<y>\d{4}|\d{2})(?![\d/])"),
-    re.compile(rf"\b{_MONTH}\s+(?P<d>\d{{1,2}})(?:st|nd|rd|th)?,?\s+(?P<y>\d{{4}})\b", _I),
-    re.compile(rf"\b(?P<d>\d{{1,2}})(?:st|nd|rd|th)?\s+{_MONTH},?\s+(?P<y>\d{{4}})\b", _I),
-)
-_LONG_NUMBER = re.compile(r"(?<![\w.])\d{6,}(?![\w.])")
-_MRN = re.compile(
-    r"\b(?:mrn|medical\s+record\s+(?:number|no\.?|#)|record\s+(?:number|no\.?)|acct|account\s+(?:number|no\.?)"
-    r"|ssn|patient\s+id)\s*[:#]?\s*(?P<value>[A-Za-z0-9][A-Za-z0-9\-]{3,})",
-    _I,
-)
-_PHONE = re.compile(r"(?<!\d)(?:\+?1[\s.\-]?)?\(?\d{3}\)?[\s.\-]\d{3}[\s.\-]\d{4}(?!\d)")
-_EMAIL = re.compile(r"\b[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)+\b")
-_URL = re.compile(r"\bhttps?://\S+|\bwww\.[a-z0-9\-]+\.[a-z]{2,}\S*", _I)
-_FENCE = re.compile(r"```|~~~")
-_DOSE = re.compile(r"\b\d+(?:\.\d+)?\s?(?:mg|mcg|µg|ug|micrograms?|milligrams?)(?:/kg)?\b", _I)
-_WORD = re.compile(r"[A-Za-z][A-Za-z0-9'\-]*")
-
 IdentifierKind = Literal["name", "date", "identifier", "phone", "email"]
 _KINDS: Final[tuple[IdentifierKind, ...]] = ("name", "date", "identifier", "phone", "email")
+#: The PHI detector's labels that are compared, and the kind each is reported as.
+_KIND_OF: Final[Mapping[EntityLabel, IdentifierKind]] = {
+    "NAME": "name",
+    "DATE": "date",
+    "ID": "identifier",
+    "SSN": "identifier",
+    "PHONE": "phone",
+    "EMAIL": "email",
+}
 
 #: Looks up a patient's record by id (``None`` when the store does not have it).
 PatientLookup = Callable[[str], Patient | None]
@@ -207,77 +182,56 @@ def find_injection(text: str) -> str | None:
     return None
 
 
-def _dates(text: str) -> set[str]:
-    found: set[str] = set()
-    for pattern in _DATE_PATTERNS:
-        for m in pattern.finditer(text):
-            groups = m.groupdict()
-            year = int(groups["y"])
-            if year < 100:
-                year += 2000 if year < 50 else 1900
-            month = _MONTHS[groups["mon"].lower()] if groups.get("mon") else int(groups["m"])
-            try:
-                found.add(date(year, month, int(groups["d"])).isoformat())
-            except ValueError:
-                found.add(m.group(0).lower())  # not a calendar date: compare the literal text
-    return found
+def _empty_values() -> dict[IdentifierKind, set[str]]:
+    return {kind: set() for kind in _KINDS}
 
 
-def _digits(text: str) -> str:
-    return re.sub(r"\D", "", text)[-10:]
-
-
-def _name_tokens(names: Iterable[str]) -> set[str]:
-    tokens: set[str] = set()
-    for name in names:
-        for word in _WORD.findall(name):
-            word = word.strip("'-").lower()
-            if len(word) >= 2 and word not in NAME_ALLOWLIST and not set(word) <= {"x"}:
-                tokens.add(word)
-    return tokens
+def _span_values(spans: Iterable[PhiSpan]) -> dict[IdentifierKind, set[str]]:
+    """The comparable values of detected spans: name words, ISO dates, lower-cased ids and e-mails, phone digits."""
+    values = _empty_values()
+    for span in spans:
+        kind = _KIND_OF.get(span.label)
+        if kind == "name" and span.score >= NAME_MIN_SCORE:
+            values["name"] |= name_tokens([span.text])
+        elif kind == "date":
+            day = calendar_date(span.text)
+            if day is not None:
+                values["date"].add(day)
+        elif kind == "phone":
+            values["phone"].add(phone_digits(span.text))
+        elif kind in ("identifier", "email"):
+            values[kind].add(span.text.lower())
+    return values
 
 
 def _record_values(patient: Patient) -> dict[IdentifierKind, set[str]]:
-    values: dict[IdentifierKind, set[str]] = {kind: set() for kind in _KINDS}
-    values["name"] |= _name_tokens([*patient.given_names, patient.family_name or ""])
+    values = _empty_values()
+    values["name"] |= name_tokens([*patient.given_names, patient.family_name or ""])
     if patient.birth_date is not None:
         values["date"].add(patient.birth_date.isoformat())
     for coding in patient.identifiers:
         if coding.code and len(coding.code) >= 4:
             values["identifier"].add(coding.code.lower())
     for contact in patient.telecom:
-        values["email"] |= {e.lower() for e in _EMAIL.findall(contact)}
-        values["phone"] |= {_digits(p) for p in _PHONE.findall(contact)}
+        found = _span_values(detect_phi(contact, labels=("PHONE", "EMAIL")))
+        values["phone"] |= found["phone"]
+        values["email"] |= found["email"]
     return values
 
 
-def _text_values(text: str) -> dict[IdentifierKind, set[str]]:
-    """Identifiers of a piece of evidence text (names only where a title or label marks them)."""
-    names = [g for m in _TITLE_NAME.finditer(text) for g in m.groups() if g]
-    return {
-        "name": _name_tokens(names),
-        "date": _dates(text),
-        "identifier": set(_LONG_NUMBER.findall(text)) | {m["value"].lower() for m in _MRN.finditer(text)},
-        "phone": {_digits(p) for p in _PHONE.findall(text)},
-        "email": {e.lower() for e in _EMAIL.findall(text)},
-    }
-
-
 class _Text:
-    """A text and the normalised dates and phone numbers in it: what the PHI matcher compares against."""
+    """A text, its PHI spans and their normalised values: what the leak check compares against."""
 
     def __init__(self, text: str) -> None:
         self.text = text
-        self.dates = _dates(text)
-        self.phones = {_digits(p) for p in _PHONE.findall(text)}
+        self.values = _span_values(detect_phi(text, labels=_KIND_OF))
 
     def has(self, value: str, kind: IdentifierKind) -> bool:
-        """Whether the text contains ``value`` of ``kind`` (names, ids, e-mails: case-insensitive whole words)."""
-        if kind == "date":
-            return value in self.dates
-        if kind == "phone":
-            return value in self.phones
-        return re.search(rf"(?<![A-Za-z0-9]){re.escape(value)}(?![A-Za-z0-9])", self.text, _I) is not None
+        """Whether the text contains ``value`` of ``kind``: the same calendar date or phone digits; names, ids and
+        e-mails as whole words, case-insensitive (a name not where it is a clinical eponym)."""
+        if kind in ("date", "phone"):
+            return value in self.values[kind]
+        return contains_value(self.text, value, as_name=kind == "name")
 
 
 # ---------------------------------------------------------------------- inputs
@@ -354,7 +308,7 @@ def _phi_violations(
     records: dict[str, Patient | None] = {}
     violations: list[SafetyViolation] = []
     for item in others:
-        values = _text_values(item.text)
+        values = _span_values(detect_phi(item.text, labels=_KIND_OF))
         if lookup is not None and item.patient_id is not None:
             if item.patient_id not in records:
                 records[item.patient_id] = lookup(item.patient_id)
@@ -458,14 +412,18 @@ def _policy_violations(draft: Draft) -> list[SafetyViolation]:
         violations.append(
             SafetyViolation(kind="policy", detail=f"draft is {total} characters (limit {MAX_DRAFT_CHARS})")
         )
-    checks: list[tuple[str, re.Pattern[str]]] = [
-        ("a URL", _URL),
-        ("an e-mail address", _EMAIL),
-        ("a code fence", _FENCE),
-        *((f"chatbot boilerplate ({name})", pattern) for name, pattern in BOILERPLATE_PATTERNS.items()),
+    contacts = {span.label for text in texts for span in detect_phi(text, labels=("URL", "EMAIL"))}
+    checks: list[tuple[str, bool]] = [
+        ("a URL", "URL" in contacts),
+        ("an e-mail address", "EMAIL" in contacts),
+        ("a code fence", any(_FENCE.search(text) for text in texts)),
+        *(
+            (f"chatbot boilerplate ({name})", any(pattern.search(text) for text in texts))
+            for name, pattern in BOILERPLATE_PATTERNS.items()
+        ),
     ]
-    for what, pattern in checks:
-        if any(pattern.search(text) for text in texts):
+    for what, found in checks:
+        if found:
             violations.append(SafetyViolation(kind="policy", detail=f"draft contains {what}"))
     if any(_DOSE.search(s.text) for s in draft.sentences):
         violations.append(

@@ -5,7 +5,9 @@ QA. The candidate and production are scored on the *same* items, so the comparis
 bootstrap over items** (studies/questions) resamples item indices with replacement ``resamples`` times (fixed
 seed) and recomputes the mean difference ``candidate - production`` each time. The candidate is *better beyond
 noise* when the lower end of the two-sided ``1 - alpha`` percentile interval of that difference is above
-``min_gain`` (default 0): with ``alpha = 0.05`` that is a one-sided test at 2.5%.
+``min_gain`` (default 0): with ``alpha = 0.05`` that is a one-sided test at 2.5%. The resampling is
+:func:`sage_health.models.evaluation.metrics.paired_bootstrap` (confidence ``1 - alpha``); this module adds the
+loop's settings checks and the record stored with a cycle (:class:`Bootstrap`).
 
 **Safety metrics** (corpus level): CE-F1 (micro, the CheXpert-style labeler; higher is better), the verifier's
 flag rate (share of outputs with a clinical-consistency flag against their input; lower is better) and, where
@@ -26,9 +28,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import numpy as np
-
 from sage_health.core.errors import EvaluationError
+from sage_health.models.evaluation.metrics import paired_bootstrap as paired_bootstrap_of_means
 
 DEFAULT_RESAMPLES = 2000
 DEFAULT_ALPHA = 0.05
@@ -70,7 +71,8 @@ def paired_bootstrap(
     alpha: float = DEFAULT_ALPHA,
     seed: int = 0,
 ) -> Bootstrap:
-    """Percentile interval of the mean paired difference; ``EvaluationError`` when the items do not pair."""
+    """Percentile interval of the mean paired difference ``candidate - production`` (the metrics layer's paired
+    bootstrap); ``EvaluationError`` when the items do not pair or the settings are out of range."""
     if len(production) != len(candidate):
         raise EvaluationError(
             f"paired bootstrap needs the same items for both models: {len(production)} vs {len(candidate)} scores"
@@ -79,21 +81,15 @@ def paired_bootstrap(
         raise EvaluationError("paired bootstrap over zero items: the evaluation set is empty")
     if resamples < 100 or not 0 < alpha < 1:
         raise EvaluationError(f"invalid bootstrap settings: resamples={resamples} (>= 100), alpha={alpha} (0..1)")
-    prod = np.asarray(production, dtype=np.float64)
-    cand = np.asarray(candidate, dtype=np.float64)
-    diff = cand - prod
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(diff), size=(resamples, len(diff)))
-    means = diff[idx].mean(axis=1)
-    low, high = np.quantile(means, [alpha / 2, 1 - alpha / 2])
+    result = paired_bootstrap_of_means(candidate, production, seed, n_resamples=resamples, confidence=1 - alpha)
     return Bootstrap(
-        n_items=len(diff),
-        production_mean=float(prod.mean()),
-        candidate_mean=float(cand.mean()),
-        mean_diff=float(diff.mean()),
-        ci_low=float(low),
-        ci_high=float(high),
-        p_not_better=float(np.mean(means <= 0)),
+        n_items=result.n_items,
+        production_mean=result.mean_b,
+        candidate_mean=result.mean_a,
+        mean_diff=result.mean_difference,
+        ci_low=result.ci.low,
+        ci_high=result.ci.high,
+        p_not_better=result.p_value,
         resamples=resamples,
         alpha=alpha,
         seed=seed,

@@ -7,8 +7,8 @@
   a general English wordpiece vocabulary), faker's English lorem words and spaCy's English stop words. A name-lexicon
   token that is also an English word ("Mark", "Hope", "Rich") needs more evidence to count as a name.
 * **Medical allow-list**: eponyms of diseases, signs, devices and structures (:data:`MEDICAL_EPONYMS`) that must not
-  be redacted when they name a clinical entity (:func:`eponym_spans`). ``agents/safety.py`` keeps its own older
-  ``NAME_ALLOWLIST``; this module is the data-layer list it can switch to.
+  be redacted when they name a clinical entity (:func:`eponym_spans`); the safety agent's PHI leak check uses the
+  same list (``agents/safety.py`` ``NAME_ALLOWLIST``).
 
 Everything is built once per process (``functools.cache``; ~1 s).
 """
