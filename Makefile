@@ -13,7 +13,7 @@ export TOKENIZERS_PARALLELISM := false
 export OMP_WAIT_POLICY := PASSIVE
 export SAGE_DATA_DIR ?= $(abspath ../shared/data)
 
-.PHONY: install demo test lint typecheck bench clean llamacpp
+.PHONY: install demo test test-unit lint typecheck bench clean llamacpp
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -56,7 +56,11 @@ test: install
 	$(BIN)/ruff check src tests benchmarks docs
 	$(BIN)/mypy
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
+
+# The inner loop: tests/unit needs no shared data and no real model and runs in under a minute.
+test-unit: install
+	$(BIN)/python -m pytest -q -m unit tests/unit
 
 bench: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/run_all.py

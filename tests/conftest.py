@@ -1,4 +1,8 @@
-"""Shared fixtures: the real public data directory, the real offline embedder, a real SQLite store."""
+"""Shared fixtures: the real public data directory, the real offline embedder, a real SQLite store.
+
+Markers follow the folders (``unit``, ``integration``, ``e2e``: added at collection), and every ``SAGE_*``
+environment variable is cleared for each test, so a developer's shell settings never leak in.
+"""
 
 from __future__ import annotations
 
@@ -15,12 +19,37 @@ from sage_health.data.embed import MiniLMEmbedder
 from sage_health.data.store.sqlite import SqliteDocumentStore
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+TESTS_ROOT = REPO_ROOT / "tests"
+
+# Read once, before the autouse fixture below clears SAGE_* for every test; `data_dir` resolves it.
+SAGE_DATA_DIR = os.environ.get("SAGE_DATA_DIR")
+
+FOLDER_MARKERS = {"unit": "unit", "integration": "integration", "e2e": "e2e"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark each test by its folder: tests/unit -> unit, tests/integration -> integration, tests/e2e -> e2e."""
+    for item in items:
+        try:
+            folder = item.path.relative_to(TESTS_ROOT).parts[0]
+        except ValueError:
+            continue
+        marker = FOLDER_MARKERS.get(folder)
+        if marker is not None and item.get_closest_marker(marker) is None:
+            item.add_marker(marker)
+
+
+@pytest.fixture(autouse=True)
+def _clear_sage_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No SAGE_* variable of the calling shell reaches a test (tests set what they need with monkeypatch/env=)."""
+    for name in [n for n in os.environ if n.startswith("SAGE_")]:
+        monkeypatch.delenv(name)
 
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     """The shared public data (SAGE_DATA_DIR, default ../shared/data). Missing data fails, never skips."""
-    path = Path(os.environ.get("SAGE_DATA_DIR", REPO_ROOT.parent / "shared" / "data")).resolve()
+    path = Path(SAGE_DATA_DIR or REPO_ROOT.parent / "shared" / "data").resolve()
     if not (path / "iu_xray" / "reports.jsonl").is_file():
         pytest.fail(f"public data not found at {path}; set SAGE_DATA_DIR to the shared data folder")
     return path

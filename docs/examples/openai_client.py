@@ -1,9 +1,12 @@
 """Talk to `sage-health serve` with the official OpenAI Python client.
 
+    .venv/bin/sage-health principals token create clinician     # prints the token once
     .venv/bin/sage-health serve --port 8000 &
-    .venv/bin/python docs/examples/openai_client.py --base-url http://127.0.0.1:8000/v1 --model smollm2
+    SAGE_TOKEN=sage_... .venv/bin/python docs/examples/openai_client.py --base-url http://127.0.0.1:8000/v1 \
+        --model smollm2 --purpose treatment
 
-Lists the registered models, asks for one completion, then streams the same answer.
+Lists the registered models, asks for one completion, then streams the same answer. The token (``SAGE_TOKEN``)
+says who you are; the purpose of use (``X-Sage-Purpose``) must be one your role may act for.
 """
 
 from __future__ import annotations
@@ -19,8 +22,12 @@ def main() -> None:
     parser.add_argument("--base-url", default="http://127.0.0.1:8000/v1")
     parser.add_argument("--model", default="smollm2")
     parser.add_argument("--max-tokens", type=int, default=48)
+    parser.add_argument("--purpose", default=os.environ.get("SAGE_PURPOSE", "treatment"))
     args = parser.parse_args()
-    client = openai.OpenAI(base_url=args.base_url, api_key=os.environ.get("SAGE_API_KEY", "unused"))
+    token = os.environ.get("SAGE_TOKEN")
+    if not token:
+        parser.error("set SAGE_TOKEN to a token from `sage-health principals token create NAME`")
+    client = openai.OpenAI(base_url=args.base_url, api_key=token, default_headers={"X-Sage-Purpose": args.purpose})
     print("models:", ", ".join(m.id for m in client.models.list()))
     messages = [
         {"role": "system", "content": "You are a radiologist. Answer in one sentence."},

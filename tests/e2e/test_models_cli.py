@@ -137,27 +137,80 @@ def test_real_smollm2_generates_deterministically_and_streams(smollm2_cache: Pat
     assert SmolLMGenerator(cache_dir=smollm2_cache).generate(msgs, params).text == a.text
 
 
-@pytest.mark.slow
-def test_serve_command_answers_openai_requests_with_smollm2(tmp_path: Path, smollm2_cache: Path) -> None:
+def _serve(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    cmd = [sys.executable, "-m", "sage_health.interfaces.cli", "serve", *args]
+    return subprocess.Popen(cmd, env=os.environ | env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    # the server acts for the built-in clinician when a request names no principal (X-Sage-Principal)
-    env = os.environ | {"SAGE_MODEL_CACHE_DIR": str(smollm2_cache), "SAGE_PRINCIPAL": "clinician",
-                        "SAGE_PURPOSE": "treatment"}  # fmt: skip
-    cmd = [sys.executable, "-m", "sage_health.interfaces.cli", "serve", "--port", str(port), "--store", str(tmp_path)]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        return int(s.getsockname()[1])
+
+
+def _wait_up(base: str, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else "server exited"
+        assert time.monotonic() < deadline, "server did not come up"
+        time.sleep(0.3)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> str:
+    proc.terminate()
+    output, _ = proc.communicate(timeout=20)
+    return output.decode()
+
+
+def test_serve_requires_tokens_and_no_auth_is_loopback_only(tmp_path: Path) -> None:
+    refused = runner.invoke(app, ["serve", "--no-auth", "--host", "0.0.0.0", "--store", str(tmp_path)])  # noqa: S104
+    assert refused.exit_code == 1
+    assert "--no-auth is refused on 0.0.0.0: bind 127.0.0.1 or serve with tokens" in refused.output
+
+    env = {"SAGE_PRINCIPAL": "clinician", "SAGE_PURPOSE": "treatment"}
+    port = _free_port()
+    proc = _serve(["--port", str(port), "--store", str(tmp_path)], env)
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "server did not come up"
-            time.sleep(0.3)
+        _wait_up(base, proc)
+        # authentication is on by default, even on a fresh store: no token, no answer
+        r = httpx.get(f"{base}/v1/models", headers={"X-Sage-Purpose": "treatment"})
+        assert r.status_code == 401
+        assert r.headers["www-authenticate"].startswith("Bearer")
+    finally:
+        _stop(proc)
+
+    port = _free_port()
+    proc = _serve(["--port", str(port), "--store", str(tmp_path), "--no-auth"], env)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        _wait_up(base, proc)
+        r = httpx.get(f"{base}/v1/models")  # acts as SAGE_PRINCIPAL for SAGE_PURPOSE
+        assert r.status_code == 200, r.text
+        assert "extractive@1" in {m["id"] for m in r.json()["data"]}
+        named = httpx.get(f"{base}/v1/models", headers={"X-Sage-Principal": "admin"})
+        assert named.status_code == 403  # a caller still cannot choose who they are
+    finally:
+        output = _stop(proc)
+    assert "warning: --no-auth: every request acts as clinician without credentials; loopback only" in " ".join(
+        output.split()
+    )
+
+
+@pytest.mark.slow
+def test_serve_command_answers_openai_requests_with_smollm2(tmp_path: Path, smollm2_cache: Path) -> None:
+    port = _free_port()
+    # a local single-user server: --no-auth on loopback acts as SAGE_PRINCIPAL (tokens: tests/integration)
+    env = {"SAGE_MODEL_CACHE_DIR": str(smollm2_cache), "SAGE_PRINCIPAL": "clinician", "SAGE_PURPOSE": "treatment"}
+    proc = _serve(["--port", str(port), "--store", str(tmp_path), "--no-auth"], env)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        _wait_up(base, proc)
         body = {"model": "smollm2", "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 8}
         r = httpx.post(f"{base}/v1/chat/completions", json=body, timeout=120)
         assert r.status_code == 200, r.text
@@ -166,5 +219,4 @@ def test_serve_command_answers_openai_requests_with_smollm2(tmp_path: Path, smol
         assert answer["choices"][0]["message"]["content"]
         assert 0 < answer["usage"]["completion_tokens"] <= 8
     finally:
-        proc.terminate()
-        proc.wait(timeout=20)
+        _stop(proc)

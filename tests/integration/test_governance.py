@@ -12,11 +12,11 @@ from typer.testing import CliRunner
 
 from sage_health.core.config import Settings
 from sage_health.core.errors import PolicyViolation, ValidationError
+from sage_health.core.hashing import sha256_text
 from sage_health.data.datasets import create_snapshot, export_snapshot
 from sage_health.data.embed import MiniLMEmbedder
 from sage_health.data.governance.access import GovernedStore, open_governed
 from sage_health.data.governance.audit import AuditLog
-from sage_health.data.governance.erasure import erase_patient
 from sage_health.data.governance.lineage import Edge, LineageStore, record_node, snapshot_node
 from sage_health.data.governance.policy import RULES, Action, PolicyEngine, read_consent_file
 from sage_health.data.ingest.pipeline import IngestPipeline
@@ -24,6 +24,7 @@ from sage_health.data.store.protocol import SearchFilters, SearchQuery
 from sage_health.data.store.sqlite import SqliteDocumentStore
 from sage_health.interfaces.cli import app
 from sage_health.models.registry import ModelRegistry
+from sage_health.services.hooks import erasure_hooks
 
 pytestmark = pytest.mark.integration
 
@@ -234,8 +235,8 @@ def test_erasure_removes_everything_taints_lineage_and_keeps_the_store_consisten
     registry = ModelRegistry(settings.db_path)
     model = registry.register("summary-lm", backend="extractive", dataset_snapshot_id="cohort@abc123")
     with pytest.raises(PolicyViolation, match="may not erase"):
-        erase_patient(_as(settings, store, "admin"), victim, reason="request 42")
-    result = erase_patient(steward, victim, reason="right to erasure, request 42")
+        _as(settings, store, "admin").erase_patient(victim, reason="request 42", hooks=erasure_hooks(settings))
+    result = steward.erase_patient(victim, reason="right to erasure, request 42", hooks=erasure_hooks(settings))
     assert result.records == len(set(ids))
     assert result.consistent, result.problems
     assert snap in result.tainted
@@ -261,8 +262,13 @@ def test_erasure_removes_everything_taints_lineage_and_keeps_the_store_consisten
     events = [e for e in AuditLog.for_settings(settings).events(action="erase") if victim in e.record_ids]
     assert [e.detail["outcome"] for e in events] == ["started", "ok"]
     assert "request 42" not in json.dumps([e.model_dump() for e in events])
+    # the snapshot's item files are gone with the erasure (the manifest and datasheet stay, with ERASURE.json)
+    assert not any((snap_info.path / f"{s}.jsonl").exists() for s in ("train", "val", "test"))
+    assert (snap_info.path / "ERASURE.json").is_file()
+    assert result.removed["snapshot_files"] == 3
+    assert result.removed["records"] == len(set(ids))
     with pytest.raises(ValidationError, match="no records of patient"):
-        erase_patient(steward, victim, reason="again")
+        steward.erase_patient(victim, reason="again")
     assert AuditLog.for_settings(settings).verify().ok
 
 
@@ -279,7 +285,7 @@ def _run_operation(governed: GovernedStore, action: Action, record_id: str, quer
         governed.write([], run_id="matrix")
     elif action is Action.ERASE:
         with pytest.raises(ValidationError, match="no records of patient"):  # allowed, then refused for its input
-            erase_patient(governed, "synthea/Patient/none", reason="matrix")
+            governed.erase_patient("synthea/Patient/none", reason="matrix")
     elif action is Action.CONSENT:
         assert governed.policy.import_consents([], by=governed.access) == []
     elif action is Action.PRINCIPALS:
@@ -321,3 +327,52 @@ def test_policy_matrix_through_the_governed_store(env: tuple[Settings, SqliteDoc
                 assert reader.get(opted_obs) is None
                 assert reader.get(other_obs) is not None
     assert checked == 4 * 3 * len(_MATRIX_ACTIONS)
+
+
+def test_cli_lineage_and_audit_show_name_patients_by_pseudonym_for_deidentified_readers(
+    env: tuple[Settings, SqliteDocumentStore],
+) -> None:
+    """The holes of issue 13: ``lineage ID --up --as researcher`` printed the source file path (a Synthea file is
+    named after its patient) for a real patient id; the admin's ``audit show`` printed real patient ids; the
+    lineage audit event held the path."""
+    settings, store = env
+    runner = CliRunner()
+    opted = set(PolicyEngine(settings.db_path).opted_out())
+    patient = next(p for p in _patients(store) if p not in opted)
+    stored = store.get(patient)
+    assert stored is not None
+    bundle = Path(str(stored.record.provenance.source_file))
+    names = [bundle.name, bundle.stem, *bundle.stem.split("_")[:-1]]
+    researcher = ["--store", str(settings.store), "--as", "researcher", "--purpose", "research"]
+    refused = runner.invoke(app, ["lineage", patient, "--up", *researcher])
+    assert refused.exit_code == 1
+    assert "patients are named by pseudonym" in " ".join(refused.output.split())
+    assert [n for n in names if n in refused.output] == []
+    view = _as(settings, store, "researcher").view
+    assert view is not None
+    pseudo = view.patient(patient)
+    assert pseudo is not None
+    up = runner.invoke(app, ["lineage", pseudo, "--up", "--json", *researcher])
+    assert up.exit_code == 0, up.output
+    tree = json.loads(up.stdout)
+    assert tree["node"] == f"record:{pseudo}"
+    assert [c["node"] for c in tree["children"]] == [f"file:{sha256_text(str(bundle))[:12]}"]
+    table = runner.invoke(app, ["lineage", pseudo, "--up", *researcher])
+    assert table.exit_code == 0, table.output
+    for text in (up.output, table.output):
+        assert [n for n in names if n in text] == []
+        assert patient not in text
+
+    admin = ["--store", str(settings.store), "--as", "admin", "--purpose", "operations"]
+    shown = runner.invoke(app, ["audit", "show", "--json", *admin])
+    assert shown.exit_code == 0, shown.output
+    assert [p for p in _patients(store) if p in shown.stdout] == []
+    assert pseudo in shown.stdout
+    mine = runner.invoke(app, ["audit", "show", "--patient", pseudo, "--json", *admin])
+    assert mine.exit_code == 0, mine.output
+    assert {e["action"] for e in json.loads(mine.stdout)} >= {"lineage"}
+    real = runner.invoke(app, ["audit", "show", "--patient", patient, *admin])
+    assert real.exit_code == 1
+    assert "takes a patient's pseudonym" in " ".join(real.output.split())
+    logged = json.dumps([e.model_dump() for e in AuditLog.for_settings(settings).events(action="lineage")])
+    assert [n for n in names if n in logged] == []

@@ -28,6 +28,7 @@ from sage_health.core.errors import ModelLoadError, StudyInputError
 from sage_health.core.hashing import sha256_file
 from sage_health.data.embed import MiniLMEmbedder
 from sage_health.data.governance.access import open_governed
+from sage_health.data.governance.lineage import LineageStore, model_node, record_node
 from sage_health.data.ingest.pipeline import IngestPipeline
 from sage_health.data.store.sqlite import SqliteDocumentStore
 from sage_health.interfaces.cli.imaging import train_app
@@ -42,6 +43,8 @@ from sage_health.models.imaging.training import (
     train_image_model,
 )
 from sage_health.models.registry import ModelRegistry
+from sage_health.services.erasure import erase
+from sage_health.services.session import Credentials, open_session
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -225,6 +228,35 @@ def test_model_files_and_registry_entry(env: Env) -> None:
     assert result.eval_set.startswith("image-heldout:")
     assert len(result.train_loss) == 1
     assert math.isfinite(result.train_loss[0])
+
+
+def test_lineage_names_the_training_records_and_erasing_one_taints_the_model(env: Env, tmp_path: Path) -> None:
+    node = model_node("cxr-test", env.result.version)
+    train, held = split_heldout(env.training_set.examples)
+    parents = LineageStore(env.settings.db_path).parents(node)
+    assert {e.relation for e in parents} == {"trained"}
+    expected = {record_node(ex.record_id) for ex in train}
+    expected |= {record_node(ex.label_record_id) for ex in train if ex.label_record_id}
+    assert {e.parent for e in parents} == expected
+    assert any(ex.label_record_id for ex in train)  # the reports the labels came from are inputs too
+    assert not {record_node(ex.record_id) for ex in held} & expected  # held-out images only measured it
+
+    # on a copy of the store: the model in production, then one of its training patients is erased
+    copy = env.settings.model_copy(update={"store": tmp_path / "store"})
+    shutil.copytree(env.settings.store, copy.store, ignore=shutil.ignore_patterns("models"))
+    patient = next(
+        p for ex in train if (stored := env.store.get(ex.record_id)) is not None and (p := stored.record.patient_id)
+    )
+    registry = ModelRegistry(copy.db_path)
+    registry.promote("cxr-test", env.result.version, actor="admin", reason="test: in production")
+    steward = open_session(copy, Credentials(principal="data_steward", purpose="operations"))
+    erased = erase(steward, patient, reason="erasure request (test)")
+    assert node in erased.tainted
+    mv = registry.get("cxr-test", env.result.version)
+    assert registry.taint(mv) is not None
+    assert mv.stage == "archived"  # demoted: nothing else was ever production, so no production is left
+    assert registry.production("cxr-test") is None
+    assert erased.consistent
 
 
 def test_saved_model_reproduces_the_recorded_heldout_metrics(env: Env) -> None:

@@ -26,6 +26,9 @@ from sage_health.core.errors import EvaluationError, PolicyViolation, RunStateEr
 from sage_health.data.embed import MiniLMEmbedder
 from sage_health.data.feedback import FeedbackStore
 from sage_health.data.governance.access import GovernedStore, open_governed
+from sage_health.data.governance.audit import AuditLog
+from sage_health.data.governance.identity import IdentityStore
+from sage_health.data.governance.policy import PolicyEngine
 from sage_health.data.ingest.pipeline import IngestPipeline
 from sage_health.data.schema import DiagnosticReport
 from sage_health.data.store.protocol import SearchFilters
@@ -71,18 +74,25 @@ def corpus(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def ctx(
+def raw_store(
     corpus: Path, data_dir: Path, embedder: MiniLMEmbedder, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[AgentContext]:
+) -> Iterator[SqliteDocumentStore]:
     settings = Settings(store=tmp_path_factory.mktemp("store"), data_dir=data_dir, generator="extractive")
     with SqliteDocumentStore(settings.db_path, embedder) as store:
         report = IngestPipeline(store).run([corpus])
         assert not report.problems, [p.line() for p in report.problems]
-        yield AgentContext.create(settings, open_governed(settings, store, principal="clinician", purpose="treatment"))
+        yield store
 
 
-def _steward(ctx: AgentContext) -> GovernedStore:
-    return open_governed(ctx.settings, ctx.store.store, principal="data_steward", purpose="operations")
+@pytest.fixture(scope="module")
+def ctx(raw_store: SqliteDocumentStore, data_dir: Path) -> AgentContext:
+    settings = Settings(store=raw_store.path.parent, data_dir=data_dir, generator="extractive")
+    return AgentContext.create(settings, open_governed(settings, raw_store, principal="clinician", purpose="treatment"))
+
+
+@pytest.fixture
+def steward(ctx: AgentContext, raw_store: SqliteDocumentStore) -> GovernedStore:
+    return open_governed(ctx.settings, raw_store, principal="data_steward", purpose="operations")
 
 
 def _patient_id(ctx: AgentContext) -> str:
@@ -225,7 +235,7 @@ def test_unknown_model_fails_the_run_with_a_resumable_error(ctx: AgentContext) -
 
 
 def test_eval_radiology_uses_train_memory_only_and_refuses_leaks(
-    data_dir: Path, tmp_path: Path, ctx: AgentContext
+    data_dir: Path, tmp_path: Path, ctx: AgentContext, steward: GovernedStore
 ) -> None:
     lines = (data_dir / "iu_xray" / "reports.jsonl").read_text(encoding="utf-8").splitlines()
     rows = [json.loads(ln) for ln in lines if json.loads(ln).get("findings")]
@@ -236,7 +246,7 @@ def test_eval_radiology_uses_train_memory_only_and_refuses_leaks(
     registry = ModelRegistry(settings.db_path)
     labeler = CheXpertLabeler.from_data_dir(data_dir)
     results = run_radiology_eval(
-        governed=_steward(ctx),
+        governed=steward,
         settings=settings,
         registry=registry,
         train_file=train,
@@ -270,7 +280,7 @@ def test_eval_radiology_uses_train_memory_only_and_refuses_leaks(
     leaky.write_text("\n".join(json.dumps(r) for r in rows[118:122]) + "\n", encoding="utf-8")
     with pytest.raises(EvaluationError, match="train/test leak"):
         run_radiology_eval(
-            governed=_steward(ctx),
+            governed=steward,
             settings=settings,
             registry=registry,
             train_file=train,
@@ -281,23 +291,39 @@ def test_eval_radiology_uses_train_memory_only_and_refuses_leaks(
         )
 
 
-def test_rest_api_draft_review_and_trace(ctx: AgentContext) -> None:
+def test_rest_api_draft_review_and_trace(ctx: AgentContext, tmp_path: Path) -> None:
     from fastapi.testclient import TestClient
 
     from sage_health.interfaces.api import create_app
 
-    client = TestClient(create_app(ctx.settings))
+    # a copy of the store: issuing a token switches authentication on, and the other tests act without one
+    shutil.copytree(ctx.settings.store, tmp_path / "store")
+    settings = ctx.settings.model_copy(update={"store": tmp_path / "store"})
+    policy = PolicyEngine(settings.db_path)
+    identity = IdentityStore(settings.db_path, policy)
+    admin = policy.access("admin", "operations")
+    tokens = {name: identity.create(name, by=admin).token for name in ("admin", "clinician", "researcher")}
+
+    client = TestClient(create_app(settings))
     anonymous = client.post("/v1/radiology/drafts", json={"study_id": "iu-xray/DiagnosticReport/1900"})
-    assert anonymous.status_code == 403
-    assert "no principal given" in anonymous.json()["error"]["message"]
-    client.headers.update({"X-Sage-Principal": "clinician", "X-Sage-Purpose": "treatment"})
+    assert anonymous.status_code == 401
+    assert anonymous.headers["www-authenticate"].startswith("Bearer")
+    assert anonymous.json()["error"]["type"] == "AuthenticationError"
+    named = client.post(
+        "/v1/radiology/drafts",
+        json={"study_id": "iu-xray/DiagnosticReport/1900"},
+        headers={"Authorization": f"Bearer {tokens['researcher']}", "X-Sage-Principal": "clinician"},
+    )
+    assert named.status_code == 403  # a caller cannot choose who they are
+    assert "X-Sage-Principal" in named.json()["error"]["message"]
     researcher = client.post(
         "/v1/radiology/drafts/x/review",
         json={"approve": True},
-        headers={"X-Sage-Principal": "researcher", "X-Sage-Purpose": "research"},
+        headers={"Authorization": f"Bearer {tokens['researcher']}", "X-Sage-Purpose": "research"},
     )
     assert researcher.status_code == 403
     assert "may not review" in researcher.json()["error"]["message"]
+    client.headers.update({"Authorization": f"Bearer {tokens['clinician']}", "X-Sage-Purpose": "treatment"})
     created = client.post("/v1/radiology/drafts", json={"study_id": "iu-xray/DiagnosticReport/1900"})
     assert created.status_code == 200, created.text
     draft = created.json()
@@ -306,6 +332,18 @@ def test_rest_api_draft_review_and_trace(ctx: AgentContext) -> None:
     run_id = draft["run_id"]
     trace = client.get(f"/v1/runs/{run_id}").json()
     assert [s["step"] for s in trace["steps"]] == ["plan", "retrieve", "screen", "imaging", "write", "verify", "safety"]
+    listed = client.get("/v1/runs", params={"status": "paused"})
+    assert listed.status_code == 200
+    assert run_id in {r["run_id"] for r in listed.json()}
+    for role, purpose in (("researcher", "research"), ("admin", "operations")):
+        refused = client.get(
+            f"/v1/runs/{run_id}", headers={"Authorization": f"Bearer {tokens[role]}", "X-Sage-Purpose": purpose}
+        )
+        assert refused.status_code == 403, role
+        assert "traces hold identified data" in refused.json()["error"]["message"]
+    denials = [e for e in AuditLog.for_settings(settings).events(action="read")
+               if e.detail.get("outcome") == "denied" and e.detail.get("what") == "trace"]  # fmt: skip
+    assert [(e.principal, e.detail["channel"]) for e in denials] == [("researcher", "api"), ("admin", "api")]
     reviewed = client.post(
         f"/v1/radiology/drafts/{run_id}/review",
         json={"approve": True, "findings": "Lungs are clear.", "impression": "Normal chest."},
@@ -316,6 +354,8 @@ def test_rest_api_draft_review_and_trace(ctx: AgentContext) -> None:
     again = client.post(f"/v1/radiology/drafts/{run_id}/review", json={"approve": True})
     assert again.status_code == 409
     assert again.json()["error"]["type"] == "RunStateError"
+    resumed = client.post(f"/v1/runs/{run_id}/resume")
+    assert resumed.status_code == 409  # only interrupted or failed runs resume
     bad = client.post("/v1/radiology/drafts", json={"indication": " ", "patient_id": None})
     assert bad.status_code == 422
     assert bad.json()["error"] == {

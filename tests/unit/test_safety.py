@@ -1,13 +1,12 @@
 """Safety agent with crafted adversarial evidence: prompt injection in a retrieved report (quarantined; a draft that
 copies it is blocked), another patient's identifiers copied into a draft (blocked; the same value from the target
-patient's own evidence is not), report policy; and no false quarantine on 3,000 real IU X-ray reports."""
+patient's own evidence is not), report policy. The agent runs on a real SQLite store with the hashing embedder; the
+screen over 3,000 real IU X-ray reports is in tests/integration/test_safety_real_reports.py."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from datetime import date
-from pathlib import Path
 
 import pytest
 from pydantic import TypeAdapter
@@ -35,10 +34,10 @@ from sage_health.agents.types import (
     SafetyViolation,
 )
 from sage_health.core.config import Settings
-from sage_health.data.embed import MiniLMEmbedder
 from sage_health.data.governance.access import open_governed
 from sage_health.data.schema import Coding, Patient
 from sage_health.data.store.sqlite import SqliteDocumentStore
+from sage_health.testing.embedders import HashingEmbedder
 
 TARGET = "synthea/Patient/target"
 OTHER = "synthea/Patient/other"
@@ -140,27 +139,6 @@ def test_each_injection_pattern_matches_its_example(text: str, pattern: str) -> 
 )
 def test_clinical_phrasings_are_not_injections(text: str) -> None:
     assert find_injection(text) is None
-
-
-def test_no_false_quarantine_on_3000_real_iu_xray_reports(data_dir: Path) -> None:
-    evidence: list[EvidenceItem] = []
-    with (data_dir / "iu_xray" / "reports.jsonl").open(encoding="utf-8") as handle:
-        for line in handle:
-            report = json.loads(line)
-            parts = [report.get(key) for key in ("indication", "findings", "impression")]
-            text = " ".join(p for p in parts if p)
-            if text.strip():
-                evidence.append(
-                    EvidenceItem(id=f"iu-xray/DiagnosticReport/{report['uid']}", kind="similar_report", text=text)
-                )
-            if len(evidence) == 3000:
-                break
-    assert len(evidence) == 3000
-
-    screen = screen_evidence([*evidence, INJECTED])
-
-    assert screen.quarantined == (INJECTED.id,)  # the screen is live, and none of the real reports tripped it
-    assert len(screen.kept) == 3000
 
 
 # ---------------------------------------------------------------------- prompt injection in the draft
@@ -367,9 +345,9 @@ def test_drug_dose_is_a_non_blocking_note() -> None:
 
 
 @pytest.fixture(scope="module")
-def ctx(tmp_path_factory: pytest.TempPathFactory, data_dir: Path, embedder: MiniLMEmbedder) -> Iterator[AgentContext]:
+def ctx(tmp_path_factory: pytest.TempPathFactory, hashing_embedder: HashingEmbedder) -> Iterator[AgentContext]:
     root = tmp_path_factory.mktemp("safety")
-    with SqliteDocumentStore(root / "sage.db", embedder) as store:
+    with SqliteDocumentStore(root / "sage.db", hashing_embedder) as store:
         store.write(
             [
                 Patient(
@@ -384,7 +362,7 @@ def ctx(tmp_path_factory: pytest.TempPathFactory, data_dir: Path, embedder: Mini
                 Patient(id="synthea/Patient/third", source="synthea", given_names=["Zed"], family_name="Quill"),
             ]
         )
-        settings = Settings(store=root, data_dir=data_dir)
+        settings = Settings(store=root, data_dir=root / "no-shared-data")  # the agent needs no data files
         yield AgentContext.create(settings, open_governed(settings, store, principal="clinician", purpose="treatment"))
 
 

@@ -1,24 +1,17 @@
-"""The SQLite backend runs the shared DocumentStore conformance suite, plus SQLite-specific checks."""
+"""SQLite-specific store checks on a store with the deterministic hashing embedder (the DocumentStore conformance
+suite, which measures dense retrieval, runs with the real embedder in tests/integration)."""
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from sage_health.core.errors import StoreError
-from sage_health.data.embed import MiniLMEmbedder
 from sage_health.data.store.sqlite import SqliteDocumentStore, fts_query, reciprocal_rank_fusion
-from sage_health.testing.document_store import DocumentStoreConformance, corpus
-
-
-class TestSqliteDocumentStore(DocumentStoreConformance):
-    @pytest.fixture
-    def document_store(self, tmp_path: Path, embedder: MiniLMEmbedder) -> Iterator[SqliteDocumentStore]:
-        with SqliteDocumentStore(tmp_path / "sage.db", embedder) as store:
-            yield store
+from sage_health.testing.document_store import corpus
+from sage_health.testing.embedders import HashingEmbedder
 
 
 def test_store_check_reports_no_problems_after_writes_and_deletes(store: SqliteDocumentStore) -> None:
@@ -61,9 +54,9 @@ def test_dense_matrix_refreshes_incrementally_and_after_deletes(store: SqliteDoc
     assert "conformance-kb/KnowledgeDocument/1" not in {h.record_id for h in hits}
 
 
-def test_incompatible_schema_version_is_a_clear_error(tmp_path: Path, embedder: MiniLMEmbedder) -> None:
+def test_incompatible_schema_version_is_a_clear_error(tmp_path: Path, hashing_embedder: HashingEmbedder) -> None:
     db = tmp_path / "sage.db"
-    with SqliteDocumentStore(db, embedder) as store:
+    with SqliteDocumentStore(db, hashing_embedder) as store:
         store.write(corpus()[:1])
     conn = sqlite3.connect(db)
     conn.execute("UPDATE meta SET value='99' WHERE key='schema_version'")
@@ -71,7 +64,7 @@ def test_incompatible_schema_version_is_a_clear_error(tmp_path: Path, embedder: 
     conn.close()
     with (
         pytest.raises(StoreError, match="schema version 99 is not supported"),
-        SqliteDocumentStore(db, embedder) as s,
+        SqliteDocumentStore(db, hashing_embedder) as s,
     ):
         s.get("x/y/z")
 

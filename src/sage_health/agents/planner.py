@@ -2,13 +2,16 @@
 
 Model choice (stated in the plan, so a reader of the trace knows why a model was used):
 
-1. a model the request names (``--model NAME[@VERSION]``);
-2. otherwise the **production** version of the configured generator (``SAGE_GENERATOR``) in the registry;
-3. otherwise the built-in base version of that generator (registered on first use, stage ``candidate``).
+1. a model the request names (``--model NAME[@VERSION]``) — refused when that version is tainted;
+2. otherwise the **production** version of the configured generator (``SAGE_GENERATOR``) in the registry, unless
+   it is tainted (trained on data erased since; the note says so);
+3. otherwise the built-in base version of that generator (registered on first use, stage ``candidate``), or the
+   fallback when the generator is no built-in and production is tainted.
 
 The writer's fallback is ``extractive@1`` (no LLM): if the chosen generator cannot load or fails, the writer
 drafts from the quoted evidence instead and says so in the draft notes. The image model is the production
-version of ``SAGE_IMAGE_MODEL``, else its newest candidate, else none (the imaging agent then abstains).
+version of ``SAGE_IMAGE_MODEL``, else its newest candidate (tainted versions skipped), else none (the imaging agent
+then abstains).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from pydantic import BaseModel, ConfigDict
 
 from sage_health.agents.base import AgentContext
 from sage_health.core.errors import AgentError, RegistryError
-from sage_health.models.catalog import resolve_model
+from sage_health.models.catalog import BUILTIN_MODELS, resolve_model, serving_image_model
 from sage_health.models.registry import ModelVersion
 
 Task = Literal["radiology_report", "clinical_question"]
@@ -71,30 +74,40 @@ class Planner:
                 model = resolve_model(registry, payload.model)
             except RegistryError as exc:
                 raise AgentError(f"planner: {exc}") from exc
+            taint = registry.taint(model)
+            if taint is not None:
+                raise AgentError(
+                    f"planner: the requested model {model.ref} is tainted ({taint}) and no longer serves; ask for "
+                    "another version or leave --model out"
+                )
             return model, f"writer model {model.ref}: requested ({model.stage})"
         name = ctx.settings.generator
         production = registry.production(name)
+        tainted_note = ""
         if production is not None:
-            return production, f"writer model {production.ref}: production version of '{name}'"
+            taint = registry.taint(production)
+            if taint is None:
+                return production, f"writer model {production.ref}: production version of '{name}'"
+            tainted_note = f"production version {production.ref} of '{name}' is tainted ({taint}), not used"
+        builtin = BUILTIN_MODELS.get(name)
         try:
-            model = resolve_model(registry, name)
+            if tainted_note:
+                ref = f"{name}@{builtin.version}" if builtin is not None else FALLBACK_MODEL
+                model = resolve_model(registry, ref)
+            else:
+                model = resolve_model(registry, name)
         except RegistryError as exc:
             raise AgentError(
                 f"planner: no production version of '{name}' and no such built-in model ({exc}); set SAGE_GENERATOR "
                 "or pass --model"
             ) from exc
+        if tainted_note:
+            return model, f"writer model {model.ref}: {tainted_note}; using {model.stage} {model.ref}"
         return model, f"writer model {model.ref}: no production version of '{name}', using {model.stage} {model.ref}"
 
     def _image_model(self, ctx: AgentContext) -> tuple[str | None, str]:
-        name = ctx.settings.image_model
-        production = ctx.registry.production(name)
-        if production is not None:
-            return production.ref, f"image model {production.ref}: production version"
-        candidates = [v for v in ctx.registry.list_versions(name) if v.stage == "candidate"]
-        if candidates:
-            newest = max(candidates, key=lambda v: v.created_at)
-            return newest.ref, f"image model {newest.ref}: no production version, using the newest candidate"
-        return None, f"no '{name}' image model registered: the imaging agent will abstain"
+        model, note = serving_image_model(ctx.registry, ctx.settings.image_model)
+        return (model.ref if model is not None else None), note
 
     def run(self, payload: PlannerInput, ctx: AgentContext) -> Plan:
         writer, writer_note = self._writer_model(payload, ctx)

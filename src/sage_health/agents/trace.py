@@ -23,6 +23,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 from sage_health.core.errors import RunNotFoundError
+from sage_health.data.governance.hooks import ErasureScope, HookReport
 from sage_health.data.sqlite_tables import connect, immediate
 
 RunStatus = Literal["running", "paused", "blocked", "failed", "approved", "rejected", "completed"]
@@ -273,3 +274,91 @@ class TraceStore:
             )
             for r in rows
         ]
+
+    # ------------------------------------------------------------------ erasure and lineage (ids only)
+    def run_ids_of(self, patient_id: str, record_ids: Sequence[str]) -> list[str]:
+        """Runs about the patient (their id, one of their records as the study) or whose steps cite one of
+        ``record_ids`` as evidence (a step's output holds the evidence text), sorted."""
+        ids = list(dict.fromkeys(record_ids))
+        found: set[str] = set()
+        with self._conn() as conn:
+            found.update(r[0] for r in conn.execute("SELECT run_id FROM agent_runs WHERE patient_id = ?",
+                                                    (patient_id,)))  # fmt: skip
+            for i in range(0, len(ids), 500):
+                part = ids[i : i + 500]
+                marks = ",".join("?" * len(part))
+                found.update(r[0] for r in conn.execute(f"SELECT run_id FROM agent_runs WHERE study_id IN ({marks})",
+                                                        part))  # fmt: skip
+                found.update(r[0] for r in conn.execute(
+                    "SELECT DISTINCT run_id FROM agent_steps WHERE EXISTS (SELECT 1 FROM "
+                    f"json_each(agent_steps.evidence_ids_json) WHERE value IN ({marks}))", part))  # fmt: skip
+        return sorted(found)
+
+    def delete_runs(self, run_ids: Sequence[str]) -> tuple[int, int]:
+        """Delete runs with their steps in one transaction; returns (runs, steps) removed."""
+        ids = list(dict.fromkeys(run_ids))
+        runs = steps = 0
+        with self.transaction() as conn:
+            for i in range(0, len(ids), 500):
+                part = ids[i : i + 500]
+                marks = ",".join("?" * len(part))
+                steps += conn.execute(f"DELETE FROM agent_steps WHERE run_id IN ({marks})", part).rowcount
+                runs += conn.execute(f"DELETE FROM agent_runs WHERE run_id IN ({marks})", part).rowcount
+        return runs, steps
+
+    def runs_citing(self, record_id: str) -> list[str]:
+        """Runs whose steps cite ``record_id`` as evidence, or whose study it is, sorted."""
+        with self._conn() as conn:
+            rows = conn.execute(
+                "SELECT run_id FROM agent_runs WHERE study_id = ? UNION SELECT DISTINCT run_id FROM agent_steps "
+                "WHERE EXISTS (SELECT 1 FROM json_each(agent_steps.evidence_ids_json) WHERE value = ?) ORDER BY 1",
+                (record_id, record_id),
+            ).fetchall()
+        return [r[0] for r in rows]
+
+    def evidence_of(self, run_id: str) -> tuple[str | None, list[str]]:
+        """The study record id of a run and the record ids its steps cite (``(None, [])`` for an unknown run)."""
+        with self._conn() as conn:
+            row = conn.execute("SELECT study_id FROM agent_runs WHERE run_id = ?", (run_id,)).fetchone()
+            if row is None:
+                return None, []
+            cited = conn.execute(
+                "SELECT DISTINCT e.value FROM agent_steps s, json_each(s.evidence_ids_json) e WHERE s.run_id = ? "
+                "ORDER BY 1",
+                (run_id,),
+            ).fetchall()
+        return row["study_id"], [r[0] for r in cited]
+
+
+class TraceErasureHook:
+    """Erasure of agent runs and their steps: runs about the patient, on one of their records as the study, or
+    citing one of their records as evidence (step outputs hold the evidence text). Idempotent."""
+
+    name = "agent_traces"
+
+    def __init__(self, db_path: Path) -> None:
+        self._traces = TraceStore(db_path)
+
+    def erase(self, scope: ErasureScope) -> HookReport:
+        runs, steps = self._traces.delete_runs(self._traces.run_ids_of(scope.patient_id, scope.record_ids))
+        return HookReport(hook=self.name, removed={"agent_runs": runs, "agent_steps": steps})
+
+
+class TraceLineageHook:
+    """Lineage through agent runs: ``record:`` down → the runs citing it (or on it as the study); ``run:`` up →
+    its study and the evidence records its steps cite."""
+
+    name = "agent_traces"
+
+    def __init__(self, db_path: Path) -> None:
+        self._traces = TraceStore(db_path)
+
+    def neighbours(self, node: str, *, up: bool) -> list[tuple[str, str, str]]:
+        kind, _, ident = node.partition(":")
+        if kind == "record" and not up:
+            return [(f"run:{r}", "evidence in agent run", "") for r in self._traces.runs_citing(ident)]
+        if kind == "run" and up:
+            study, cited = self._traces.evidence_of(ident)
+            out = [(f"record:{study}", "study of the run", "")] if study else []
+            return out + [(f"record:{c}", "cited as evidence", "") for c in cited if c != study]
+        return []

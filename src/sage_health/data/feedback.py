@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,7 +18,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from sage_health.data.sqlite_tables import connect
+from sage_health.data.governance.hooks import ErasureScope, HookReport
+from sage_health.data.sqlite_tables import connect, immediate
 
 FeedbackKind = Literal["approved", "edited", "rejected"]
 
@@ -150,3 +151,58 @@ class FeedbackStore:
             )
             for r in rows
         ]
+
+    # ------------------------------------------------------------------ erasure and lineage (ids only)
+    def delete_for(self, *, record_ids: Sequence[str], run_ids: Sequence[str]) -> int:
+        """Delete the events that point to one of ``record_ids`` or belong to one of ``run_ids``; returns how many."""
+        removed = 0
+        with self._conn() as conn, immediate(conn):
+            for column, values in (("record_id", list(dict.fromkeys(record_ids))),
+                                   ("run_id", list(dict.fromkeys(run_ids)))):  # fmt: skip
+                for i in range(0, len(values), 500):
+                    part = values[i : i + 500]
+                    marks = ",".join("?" * len(part))
+                    removed += conn.execute(f"DELETE FROM feedback_events WHERE {column} IN ({marks})", part).rowcount
+        return removed
+
+    def links(self, *, run_id: str | None = None, record_id: str | None = None) -> list[tuple[str, str | None, str]]:
+        """``(run_id, record_id, kind)`` of the events of a run or of a signed record (ids only)."""
+        sql, param = ("run_id = ?", run_id) if run_id is not None else ("record_id = ?", record_id)
+        with self._conn() as conn:
+            rows = conn.execute(f"SELECT run_id, record_id, kind FROM feedback_events WHERE {sql} ORDER BY id",
+                                (param,)).fetchall()  # fmt: skip
+        return [(r["run_id"], r["record_id"], r["kind"]) for r in rows]
+
+
+class FeedbackErasureHook:
+    """Erasure of feedback events: those pointing to one of the patient's records, and those of the patient's agent
+    runs (``runs_of`` names them; the runs' own table belongs to the agents layer). Idempotent; run it before the
+    agent-trace hook, which deletes the runs."""
+
+    name = "feedback_events"
+
+    def __init__(self, db_path: Path, runs_of: Callable[[ErasureScope], Sequence[str]]) -> None:
+        self._feedback = FeedbackStore(db_path)
+        self._runs_of = runs_of
+
+    def erase(self, scope: ErasureScope) -> HookReport:
+        removed = self._feedback.delete_for(record_ids=scope.record_ids, run_ids=self._runs_of(scope))
+        return HookReport(hook=self.name, removed={"feedback_events": removed})
+
+
+class FeedbackLineageHook:
+    """Lineage through reviews: ``run:`` down → the record signed in its review; a signed ``record:`` up → the run
+    it was reviewed in."""
+
+    name = "feedback_events"
+
+    def __init__(self, db_path: Path) -> None:
+        self._feedback = FeedbackStore(db_path)
+
+    def neighbours(self, node: str, *, up: bool) -> list[tuple[str, str, str]]:
+        kind, _, ident = node.partition(":")
+        if kind == "run" and not up:
+            return [(f"record:{rec}", f"signed ({k})", "") for _, rec, k in self._feedback.links(run_id=ident) if rec]
+        if kind == "record" and up:
+            return [(f"run:{run}", f"reviewed ({k}) in run", "") for run, _, k in self._feedback.links(record_id=ident)]
+        return []

@@ -27,7 +27,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -323,6 +323,10 @@ def _fresh_db(work_dir: Path) -> Path:
     return db
 
 
+def _stderr_line(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
 def evaluate_retrieval(
     pubmedqa_file: Path,
     medquad_file: Path | None,
@@ -335,18 +339,21 @@ def evaluate_retrieval(
     embedder: Embedder | None = None,
     embedding_cache: Path | None = None,
     progress: bool = False,
+    on_progress: Callable[[str], None] | None = None,
 ) -> RetrievalEvalResult:
     """Index the given files into a fresh store and score each mode on each task.
 
     ``work_dir``: where the store is built (``<work_dir>/retrieval-eval.db``, replaced if present, kept
     afterwards); default a temporary directory removed at the end. ``embedder``: default
     :class:`MiniLMEmbedder`. ``embedding_cache``: a :class:`CachedEmbedder` file to reuse vectors across
-    runs (off by default). ``progress``: one line per phase on stderr.
+    runs (off by default). ``on_progress``: called with one line per phase (indexing, each task and mode);
+    ``progress=True`` prints those lines on stderr (scripts).
     """
     if not modes:
         raise ValueError("modes must name at least one of bm25, dense, hybrid")
     if not k_values or min(k_values) < 1 or max(k_values) > 1000:
         raise ValueError("k_values must be integers in 1..1000")
+    say = on_progress if on_progress is not None else (_stderr_line if progress else None)
     started = time.perf_counter()
     corpus = load_eval_corpus(pubmedqa_file, medquad_file, medquad_sample=medquad_sample, seed=seed)
     inner = embedder or MiniLMEmbedder()
@@ -371,12 +378,8 @@ def evaluate_retrieval(
                 embedded += written.embedded
                 n_chunks += written.chunks
             index_seconds = time.perf_counter() - t0
-            if progress:
-                print(
-                    f"indexed {len(corpus.documents)} documents, {n_chunks} chunks in {index_seconds:.1f}s",
-                    file=sys.stderr,
-                    flush=True,
-                )
+            if say is not None:
+                say(f"indexed {len(corpus.documents)} documents, {n_chunks} chunks in {index_seconds:.1f}s")
             depth = max(k_values)
             tasks: dict[str, TaskResult] = {}
             for task_name, queries in corpus.tasks.items():
@@ -397,12 +400,10 @@ def evaluate_retrieval(
                     per_mode[mode] = metrics.model_copy(
                         update={"seconds": spent, "ms_per_query": 1000.0 * spent / max(1, len(queries))}
                     )
-                    if progress:
-                        print(
+                    if say is not None:
+                        say(
                             f"{task_name} {mode}: recall@{depth}={metrics.recall[depth]:.3f} mrr={metrics.mrr:.3f} "
-                            f"({spent:.1f}s)",
-                            file=sys.stderr,
-                            flush=True,
+                            f"({spent:.1f}s)"
                         )
                 tasks[task_name] = TaskResult(
                     task=task_name, description=_DESCRIPTIONS[task_name], n_queries=len(queries), modes=per_mode

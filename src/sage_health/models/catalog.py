@@ -5,6 +5,9 @@ Built-in base models are registered on first use (``smollm2@q4_1-gguf``, ``extra
 version's ``config`` may hold ``backend_options`` (passed to the backend factory) and task settings such as
 ``exemplars`` (in-context exemplars retrieved per input) that the evaluation harness and applications
 read.
+
+A **tainted** version (trained on data erased since, see :meth:`ModelRegistry.taint`) no longer serves: the pool
+refuses to hand out its generator.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import threading
 from dataclasses import dataclass
 
 from sage_health.core.config import Settings
+from sage_health.core.errors import RegistryError
 from sage_health.models.generation.base import Generator
 from sage_health.models.generation.factory import build_generator
 from sage_health.models.registry import ModelRegistry, ModelVersion, parse_ref
@@ -89,11 +93,42 @@ class GeneratorPool:
     def registry(self) -> ModelRegistry:
         return self._registry
 
-    def get(self, ref: str) -> tuple[ModelVersion, Generator]:
+    def get(self, ref: str, *, allow_tainted: bool = False) -> tuple[ModelVersion, Generator]:
+        """The version ``ref`` resolves to and its (shared) generator. A tainted version is refused
+        (:class:`RegistryError`) unless ``allow_tainted`` (e.g. to measure it against its replacement)."""
         model = resolve_model(self._registry, ref)
+        if not allow_tainted:
+            taint = self._registry.taint(model)
+            if taint is not None:
+                raise RegistryError(
+                    f"{model.ref} is tainted ({taint}) and no longer serves: promote an untainted version of "
+                    f"{model.name} or retrain it"
+                )
         with self._lock:
             gen = self._cache.get(model.ref)
             if gen is None:
                 gen = generator_for(model, self._settings)
                 self._cache[model.ref] = gen
         return model, gen
+
+
+def serving_image_model(registry: ModelRegistry, name: str) -> tuple[ModelVersion | None, str]:
+    """The image model version that serves for ``name``, and why: its production version, else its newest
+    candidate; tainted versions are skipped (and the reason says so). ``(None, reason)`` when none may serve."""
+    skipped: list[str] = []
+    production = registry.production(name)
+    if production is not None:
+        taint = registry.taint(production)
+        if taint is None:
+            return production, f"image model {production.ref}: production version"
+        skipped.append(f"production version {production.ref} is tainted ({taint})")
+    candidates = [v for v in registry.list_versions(name) if v.stage == "candidate"]
+    for candidate in sorted(candidates, key=lambda v: v.created_at, reverse=True):
+        taint = registry.taint(candidate)
+        if taint is None:
+            why = "; ".join(skipped) if skipped else "no production version"
+            return candidate, f"image model {candidate.ref}: {why}, using the newest untainted candidate"
+        skipped.append(f"candidate {candidate.ref} is tainted")
+    if skipped:
+        return None, f"no untainted '{name}' image model ({'; '.join(skipped)}): the imaging agent will abstain"
+    return None, f"no '{name}' image model registered: the imaging agent will abstain"

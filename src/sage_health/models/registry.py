@@ -9,14 +9,21 @@ Stages: ``candidate`` → ``production`` → ``archived``. One production versio
   version was evaluated on** (otherwise there is nothing to compare and promotion is refused);
 - every stage change is an event with actor, reason and time; ``rollback`` restores the version that was
   production before the current one.
+
+Taint (data erased after a model was trained on it, see :mod:`sage_health.data.governance.lineage`) is
+inherited: a version is tainted by its own mark, by its dataset snapshot's mark, or by the taint of the adapter it
+was continued from (``config["parent"]``), transitively. A tainted version cannot be promoted or rolled back to,
+and :meth:`ModelRegistry.demote_tainted` takes a tainted production version out of service (restoring the newest
+earlier production version that is not tainted, if any).
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -25,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from sage_health.core.errors import RegistryError
 from sage_health.core.hashing import sha256_file
-from sage_health.data.governance.lineage import LineageStore, model_node
+from sage_health.data.governance.lineage import Edge, LineageStore, model_node
 from sage_health.data.sqlite_tables import connect, immediate
 
 Stage = Literal["candidate", "production", "archived"]
@@ -134,6 +141,17 @@ class ModelEvent(BaseModel):
     at: str
 
 
+@dataclass(frozen=True)
+class Demotion:
+    """A tainted production version taken out of service."""
+
+    demoted: str
+    """The tainted version (now ``archived``)."""
+    restored: str | None
+    """The earlier, untainted production version put back in production (``None``: no production left)."""
+    taint: str
+
+
 def parse_ref(ref: str) -> tuple[str, str | None]:
     """``name`` or ``name@version``."""
     name, _, version = ref.partition("@")
@@ -173,8 +191,13 @@ class ModelRegistry:
         config: Mapping[str, Any] | None = None,
         description: str | None = None,
         actor: str = "cli",
+        inputs: Sequence[tuple[str, str]] = (),
     ) -> ModelVersion:
-        """Add a new ``candidate`` version (``version`` defaults to the next integer)."""
+        """Add a new ``candidate`` version (``version`` defaults to the next integer).
+
+        ``inputs`` are lineage edges ``(parent node, relation)`` into the new version's node (e.g. the image
+        records an image model was trained on), written in the same transaction so a registered model never
+        lacks its lineage."""
         if not name or "@" in name or "/" in name:
             raise RegistryError(f"invalid model name {name!r}: use letters, digits, '-', '_' and '.'")
         adapter_sha = None
@@ -211,6 +234,9 @@ class ModelRegistry:
                 ),
             )
             self._event(conn, name, version, "register", None, "candidate", actor, description)
+            if inputs:
+                node = model_node(name, version)
+                LineageStore(self._path).add((Edge(parent, node, relation) for parent, relation in inputs), conn=conn)
         return self.get(name, version)
 
     def ensure(self, name: str, *, backend: str, version: str, **kwargs: Any) -> ModelVersion:
@@ -261,8 +287,12 @@ class ModelRegistry:
         return self.get(name, version)
 
     def taint(self, mv: ModelVersion) -> str | None:
-        """Why ``mv`` is tainted (its own mark, or its dataset snapshot's, after an erasure), or ``None``."""
-        lineage = LineageStore(self._path)
+        """Why ``mv`` is tainted, or ``None``: its own mark, its dataset snapshot's mark (after an erasure), or
+        the taint of the adapter it was continued from (transitively)."""
+        return self._taint(mv, LineageStore(self._path), seen=set())
+
+    def _taint(self, mv: ModelVersion, lineage: LineageStore, *, seen: set[str]) -> str | None:
+        seen.add(mv.ref)
         own = lineage.taint_of(model_node(mv.name, mv.version))
         if own is not None:
             return own.reason
@@ -270,7 +300,20 @@ class ModelRegistry:
             snap = lineage.taint_of(f"snapshot:{mv.dataset_snapshot_id}")
             if snap is not None:
                 return f"snapshot {mv.dataset_snapshot_id}: {snap.reason}"
+        parent = self.parent_of(mv)
+        if parent is not None and parent.ref not in seen:
+            why = self._taint(parent, lineage, seen=seen)
+            if why is not None:
+                return f"continued from {parent.ref}, which is tainted: {why}"
         return None
+
+    def parent_of(self, mv: ModelVersion) -> ModelVersion | None:
+        """The registered version ``mv``'s adapter was continued from (``config["parent"]``), if any."""
+        ref = mv.config.get("parent")
+        if not isinstance(ref, str) or not ref:
+            return None
+        name, version = parse_ref(ref)
+        return self.find(name, version) if version else None
 
     def rollback(self, name: str, *, actor: str, reason: str | None = None) -> ModelVersion:
         """Restore the version that was production before the current one; the current one is archived."""
@@ -285,15 +328,53 @@ class ModelRegistry:
         previous = next((r["version"] for r in rows if self.get(name, r["version"]).stage == "archived"), None)
         if previous is None:
             raise RegistryError(f"{name} has no earlier production version to roll back to")
+        target = self.get(name, previous)
+        taint = self.taint(target)
+        if taint is not None:
+            raise RegistryError(
+                f"refusing to roll {name} back to {target.ref}: it is tainted ({taint}); promote an untainted "
+                "version or retrain"
+            )
         with self._txn() as conn:
             self._move(conn, name, current.version, "rollback", "production", "archived", actor, reason)
             self._move(conn, name, previous, "restore", "archived", "production", actor, reason)
         return self.get(name, previous)
 
+    def demote_tainted(self, name: str, *, actor: str, reason: str | None = None) -> Demotion | None:
+        """Take a tainted production version of ``name`` out of service: it is archived, and the newest earlier
+        production version that is not tainted (if any) is restored; ``None`` when production is not tainted (or
+        there is none). Idempotent."""
+        current = self.production(name)
+        if current is None:
+            return None
+        taint = self.taint(current)
+        if taint is None:
+            return None
+        with self._conn() as conn:
+            rows = conn.execute(
+                "SELECT version FROM model_events WHERE name=? AND to_stage='production' AND version != ? "
+                "ORDER BY id DESC",
+                (name, current.version),
+            ).fetchall()
+        restored: ModelVersion | None = None
+        for version in dict.fromkeys(r["version"] for r in rows):
+            earlier = self.get(name, version)
+            if earlier.stage == "archived" and self.taint(earlier) is None:
+                restored = earlier
+                break
+        why = reason or f"tainted: {taint}"
+        with self._txn() as conn:
+            self._move(conn, name, current.version, "demote", "production", "archived", actor, why)
+            if restored is not None:
+                self._move(conn, name, restored.version, "restore", "archived", "production", actor, why)
+        return Demotion(demoted=current.ref, restored=restored.ref if restored else None, taint=taint)
+
     def archive(self, name: str, version: str, *, actor: str, reason: str | None = None) -> ModelVersion:
         mv = self.get(name, version)
         if mv.stage == "production":
             raise RegistryError(f"{mv.ref} is in production: promote another version or roll back first")
+        if mv.stage == "archived":
+            raise RegistryError(f"{mv.ref} is already archived")
         with self._txn() as conn:
             self._move(conn, name, version, "archive", mv.stage, "archived", actor, reason)
         return self.get(name, version)
@@ -373,6 +454,10 @@ class ModelRegistry:
             ),
         )
 
+    def find(self, name: str, version: str) -> ModelVersion | None:
+        """``name@version``, or ``None`` when it is not registered."""
+        return self._find(name, version)
+
     def get(self, name: str, version: str) -> ModelVersion:
         found = self._find(name, version)
         if found is None:
@@ -407,6 +492,25 @@ class ModelRegistry:
             rows = conn.execute(
                 "SELECT name, version FROM model_versions WHERE (? IS NULL OR name = ?) ORDER BY name, seq",
                 (name, name),
+            ).fetchall()
+        return [self.get(r["name"], r["version"]) for r in rows]
+
+    def trained_on(self, snapshot_id: str) -> list[ModelVersion]:
+        """Versions whose training dataset snapshot is ``snapshot_id`` (``NAME@HASH``)."""
+        with self._conn() as conn:
+            rows = conn.execute(
+                "SELECT name, version FROM model_versions WHERE dataset_snapshot_id = ? ORDER BY name, seq",
+                (snapshot_id,),
+            ).fetchall()
+        return [self.get(r["name"], r["version"]) for r in rows]
+
+    def continued_from(self, ref: str) -> list[ModelVersion]:
+        """Versions whose adapter was continued from ``ref`` (``NAME@VERSION``): its children in the lineage."""
+        with self._conn() as conn:
+            rows = conn.execute(
+                "SELECT name, version FROM model_versions WHERE json_extract(config_json, '$.parent') = ? "
+                "ORDER BY name, seq",
+                (ref,),
             ).fetchall()
         return [self.get(r["name"], r["version"]) for r in rows]
 

@@ -37,6 +37,7 @@ from sage_health.data.governance.policy import (
     Decision,
     PolicyEngine,
     Principal,
+    allowed_purposes,
     audit_record_ids,
 )
 from sage_health.data.store.factory import open_store
@@ -242,6 +243,18 @@ def _identify(
     return identity.policy.principal(creds.principal), None, "local"
 
 
+def _bind(policy: PolicyEngine, principal: Principal, purpose: str | None) -> Access:
+    """The principal acting for ``purpose``, refused unless the role may act for it."""
+    access = policy.access_for(principal, purpose)
+    allowed = allowed_purposes(principal.role)
+    if access.purpose not in allowed:
+        raise PolicyViolation(
+            f"{principal.name} ({principal.role}) may not act for purpose {access.purpose!r}; "
+            f"allowed: {', '.join(allowed) or 'none'}"
+        )
+    return access
+
+
 def open_session(
     settings: Settings,
     credentials: Credentials | None = None,
@@ -259,7 +272,7 @@ def open_session(
     policy = PolicyEngine(settings.db_path)
     try:
         principal, token_id, mode = _identify(creds, IdentityStore(settings.db_path, policy), require_token)
-        access = policy.access_for(principal, creds.purpose)
+        access = _bind(policy, principal, creds.purpose)
     except PolicyViolation as exc:  # AuthenticationError included
         _audit_failure(settings, creds, str(exc))
         raise

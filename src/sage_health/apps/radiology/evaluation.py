@@ -133,7 +133,7 @@ def run_radiology_eval(
     seed: int = 13,
     drop_leaks: bool = False,
     dataset_name: str | None = None,
-    progress: Progress = _noop,
+    progress: Progress | None = None,
 ) -> list[SystemResult]:
     """Run the workflow for every test study once per model in ``models`` (e.g. the generator and
     ``extractive@1``) and record each run in the registry under the same evaluation-set key.
@@ -141,6 +141,7 @@ def run_radiology_eval(
     ``governed`` is the acting principal's governed store: the evaluation is policy-checked (``evaluate``) and the
     workflow's reads and searches of the retrieval memory run under the same principal, purpose and audit log."""
     governed.decide(Action.EVALUATE)
+    tick = progress or _noop
     train = [s for s in load_report_file(train_file) if s.findings or s.impression]
     test_all = [s for s in load_report_file(test_file) if s.findings]
     if not test_all:
@@ -207,7 +208,7 @@ def run_radiology_eval(
                 removed += sum(1 for f in outcome.flags if f.get("action") == "removed")
                 blocked += outcome.blocked
                 fallbacks += outcome.model_ref != model.ref
-                progress(model.ref, n, len(test))
+                tick(model.ref, n, len(test))
             preds_findings = [d.findings for d in drafts]
             preds_report = [f"{d.findings} {d.impression}".strip() for d in drafts]
             raw_findings = [d.findings for d in raw]

@@ -16,17 +16,33 @@ evaluations and exports receive a ``GovernedStore``, never the raw store, so no 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from typing import Any, Protocol
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sage_health.core.config import Settings
 from sage_health.core.errors import PolicyViolation
+from sage_health.core.hashing import sha256_text
 from sage_health.data.chunking import Chunk
 from sage_health.data.governance.audit import AuditLog
 from sage_health.data.governance.policy import RULES, Access, Action, Decision, PolicyEngine, audit_record_ids
+from sage_health.data.ingest.pipeline import (
+    FileProblem,
+    IngestOptions,
+    IngestPipeline,
+    IngestReport,
+    ProgressFn,
+    new_run_id,
+)
 from sage_health.data.schema import Image, RecordBase
 from sage_health.data.store.protocol import SearchFilters, SearchHit, SearchQuery, StoredRecord, WriteResult
 from sage_health.data.store.sqlite import SqliteDocumentStore
+
+if TYPE_CHECKING:
+    from sage_health.data.governance.audit import AuditTrail
+    from sage_health.data.governance.erasure import ErasureResult
+    from sage_health.data.governance.hooks import ErasureHook, LineageHook
+    from sage_health.data.governance.lineage import LineageResult
 
 
 class RecordView(Protocol):
@@ -40,6 +56,10 @@ class RecordView(Protocol):
 
     def resolve_patient(self, patient_ref: str, store: SqliteDocumentStore) -> str | None:
         """The real patient id behind a pseudonym shown in this view (``None`` if unknown)."""
+        ...
+
+    def patient(self, patient_id: str | None) -> str | None:
+        """The pseudonym this view shows for a real patient id (``None`` for ``None``)."""
         ...
 
 
@@ -257,9 +277,105 @@ class GovernedStore:
         )  # fmt: skip
         return result
 
+    def ingest(
+        self,
+        paths: Sequence[Path],
+        *,
+        options: IngestOptions,
+        command: str = "ingest",
+        progress: ProgressFn | None = None,
+        on_problem: Callable[[FileProblem], None] | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> IngestReport:
+        """Decide ``ingest``, run the ingest pipeline over this store and write ONE audit event for the run: run
+        id and counts, the inputs as sha256 of their paths (a Synthea file name is a patient's name), never a path.
+        ``detail`` adds caller fields to that event (token id, channel). A run that raises is audited as failed."""
+        decision = self.decide(Action.INGEST)
+        run_id = new_run_id()
+        inputs = [sha256_text(str(p.resolve())) for p in paths]
+        info: dict[str, Any] = {**(detail or {}), "run_id": run_id, "paths": len(paths),
+                                "inputs_sha256": inputs[:20], "source_override": options.source_override is not None,
+                                "force": options.force}  # fmt: skip
+        try:
+            report = IngestPipeline.with_options(self._store, options).run(
+                paths, command=command, run_id=run_id, progress=progress, on_problem=on_problem
+            )
+        except BaseException:  # interrupted or a store failure: the run is still audited, then the error goes on
+            self.log(decision.action.value, detail=info, outcome="error")
+            raise
+        total = report.total()
+        self.log(
+            decision.action.value,
+            detail={**info, "files": total.files, "records": total.records, "inserted": total.inserted,
+                    "updated": total.updated, "unchanged": total.unchanged, "chunks": total.chunks,
+                    "problems": len(report.problems), "failed_files": report.failed_files,
+                    "skipped": len(report.skipped)},
+        )  # fmt: skip
+        return report
+
     @property
     def path(self) -> Any:
         return self._store.path
+
+    # ------------------------------------------------------------------ lineage + erasure (governance/lineage, erasure)
+    def lineage(
+        self,
+        start: str,
+        *,
+        up: bool,
+        depth: int = 4,
+        hooks: Sequence[LineageHook] = (),
+        detail: dict[str, Any] | None = None,
+    ) -> LineageResult:
+        """Decide ``lineage`` and walk from ``start`` as this caller's view names it, with the other layers'
+        ``hooks``; audited with ids and hashes only (:func:`sage_health.data.governance.lineage.governed_lineage`)."""
+        from sage_health.data.governance.lineage import governed_lineage
+
+        return governed_lineage(self, self._store, start, up=up, depth=depth, hooks=hooks,
+                                patients=self._store.patient_ids(), resolve=self._resolve_id,
+                                detail=detail)  # fmt: skip
+
+    def erase_patient(
+        self,
+        patient_id: str,
+        *,
+        reason: str,
+        hooks: Sequence[ErasureHook] = (),
+        detail: dict[str, Any] | None = None,
+    ) -> ErasureResult:
+        """Decide ``erase`` and erase one patient from this store and, through ``hooks``, from every other layer
+        (order, journal and resumption: :mod:`sage_health.data.governance.erasure`)."""
+        from sage_health.data.governance.erasure import erase
+
+        return erase(self, self._store, patient_id, reason=reason, hooks=hooks, detail=detail)
+
+    def audit_events(
+        self,
+        *,
+        record_id: str | None = None,
+        since: str | None = None,
+        action: str | None = None,
+        patient: str | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> AuditTrail:
+        """Decide ``audit`` and read the audit log as this caller's view names it (de-identified view: patient ids
+        as pseudonyms, ``patient`` given by pseudonym); the read is audited (:func:`.audit.read_events`)."""
+        from sage_health.data.governance.audit import read_events
+
+        decision = self.decide(Action.AUDIT)
+        view = self.view
+
+        def pseudonym(patient_id: str) -> str:
+            assert view is not None  # noqa: S101 - only called in the de-identified view, which decide() checked
+            return view.patient(patient_id) or patient_id
+
+        trail, real = read_events(self.audit, deidentified=decision.view == "deidentified",
+                                  pseudonym=pseudonym if view is not None else None,
+                                  known_patients=self._store.patient_ids(), record_ids_of=self.record_ids_of,
+                                  record_id=record_id, since=since, action=action, patient=patient)  # fmt: skip
+        self.log(Action.AUDIT.value, record_ids=[real] if real else [],
+                 detail={**(detail or {}), "op": "show", "events": len(trail.events), "view": trail.view})  # fmt: skip
+        return trail
 
     # ------------------------------------------------------------------ consent checks (counts, never content)
     def resolve_viewed_id(self, viewed_id: str) -> str:

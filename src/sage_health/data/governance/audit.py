@@ -20,8 +20,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -261,3 +262,109 @@ class AuditLog:
             self._write_anchor(len(rows), rows[-1]["hash"])
             return Verification(True, len(rows), note=f"anchor was {len(rows) - seq} event(s) behind; moved forward")
         return Verification(True, len(rows))
+
+
+# ---------------------------------------------------------------------------------------------- the governed read
+
+
+_PATIENT_IN_TEXT = re.compile(r"[^\s/\"'(),;:=]+/Patient/[^\s/\"'(),;:=]+")
+
+
+@dataclass(frozen=True)
+class AuditTrail:
+    """Audit events as the reader's view names them."""
+
+    events: tuple[AuditEvent, ...]
+    view: str
+    """``identified`` (data stewards) or ``deidentified`` (administrators: patient ids are pseudonyms)."""
+
+
+def _renamer(pseudonym: Callable[[str], str], known: frozenset[str]) -> Callable[[Any], Any]:
+    """Replace every real patient id inside a value (strings, lists, dicts) by its pseudonym."""
+    cache: dict[str, str] = {}
+
+    def alias(patient_id: str) -> str:
+        if patient_id not in cache:
+            cache[patient_id] = pseudonym(patient_id)
+        return cache[patient_id]
+
+    # ids not shaped like <source>/Patient/<id> are found by substring (short ones could occur inside other values)
+    odd = sorted(k for k in known if len(k) >= 8 and not _PATIENT_IN_TEXT.fullmatch(k))
+
+    def text(value: str) -> str:
+        if value in known:
+            return alias(value)
+        out = _PATIENT_IN_TEXT.sub(lambda m: alias(m.group(0)), value)
+        for real in odd:
+            if real in out:
+                out = out.replace(real, alias(real))
+        return out
+
+    def walk(value: Any) -> Any:
+        if isinstance(value, str):
+            return text(value)
+        if isinstance(value, dict):
+            return {k: walk(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [walk(v) for v in value]
+        return value
+
+    return walk
+
+
+def read_events(
+    log: AuditLog,
+    *,
+    deidentified: bool,
+    pseudonym: Callable[[str], str] | None,
+    known_patients: frozenset[str],
+    record_ids_of: Callable[[str], set[str]],
+    record_id: str | None = None,
+    since: str | None = None,
+    action: str | None = None,
+    patient: str | None = None,
+) -> tuple[AuditTrail, str | None]:
+    """Events filtered by record, time, action and patient, named as the reader's view does; also returns the real
+    patient id behind ``patient`` (for the reader's own audit event).
+
+    In the de-identified view every patient id in an event (its record ids, and any value of its detail) is
+    replaced by the patient's pseudonym, and ``patient`` / ``record_id`` name a patient by pseudonym only: a real
+    patient id is refused (:class:`ValidationError`), so the log cannot be used to link a pseudonym to a person.
+    ``known_patients`` are the store's patient ids; patients already erased are recognised by the shape of their
+    id and resolved from the ids the events hold."""
+    from sage_health.core.errors import ValidationError
+    from sage_health.data.governance.views import PSEUDONYM_PREFIX, is_patient_ref
+
+    events = log.events(since=since, action=action)
+    if deidentified and pseudonym is None:
+        raise ValidationError("the de-identified view of the audit log needs the de-identification key")
+
+    def resolve(ref: str, what: str) -> str:
+        if not deidentified or pseudonym is None:
+            return ref
+        if ref.startswith(PSEUDONYM_PREFIX):
+            candidates = set(known_patients)
+            for e in events:
+                candidates.update(i for i in e.record_ids if is_patient_ref(i, known_patients))
+            for real in sorted(candidates):
+                if pseudonym(real) == ref:
+                    return real
+            return f"unknown-pseudonym:{ref}"  # matches nothing, never everything
+        if is_patient_ref(ref, known_patients):
+            raise ValidationError(f"{what} takes a patient's pseudonym (pseudo-…) in the de-identified view of the "
+                                  "audit log, as `audit show` lists it")  # fmt: skip
+        return ref
+
+    real_patient = resolve(patient.strip(), "--patient") if patient else None
+    if record_id:
+        real_record = resolve(record_id.strip(), "--record")
+        events = [e for e in events if real_record in e.record_ids]
+    if real_patient:
+        ids = {real_patient} | record_ids_of(real_patient)
+        events = [e for e in events if ids.intersection(e.record_ids)]
+    if deidentified and pseudonym is not None:
+        rename = _renamer(pseudonym, known_patients)
+        events = [e.model_copy(update={"record_ids": tuple(rename(list(e.record_ids))), "detail": rename(e.detail)})
+                  for e in events]  # fmt: skip
+    view = "deidentified" if deidentified else "identified"
+    return AuditTrail(events=tuple(events), view=view), real_patient

@@ -1,11 +1,24 @@
-"""Lineage edges between artifacts, and taint marks (table ``lineage_edges`` and ``taints`` in the store database).
+"""Lineage edges between artifacts, taint marks (tables ``lineage_edges`` and ``taints`` in the store database), and
+the lineage walk.
 
 Most lineage is already in the data: a record's provenance names its source file and ingest run; chunks and
 vectors belong to records; a signed report's provenance ``derived_from`` lists the evidence it cites; a model
 version names its dataset snapshot. What is *not* in a row of its own — which records went into a dataset
 snapshot, which records trained a model — is written here as explicit edges ``parent → child``. Node ids are
-prefixed by kind so one walk crosses kinds: ``file:<path>``, ``record:<id>``, ``snapshot:<name>@<hash>``,
-``model:<name>@<version>``, ``run:<run id>``.
+prefixed by kind so one walk crosses kinds: ``file:<path>``, ``record:<id>``, ``chunks:<record id>``,
+``snapshot:<name>@<hash>``, ``model:<name>@<version>``, ``run:<run id>``.
+
+**The walk** (:func:`walk`) asks every :class:`~sage_health.data.governance.hooks.LineageHook` for the
+neighbours of each node: the document store's (:class:`StoreLineageHook`: files, records, chunks, citations), the
+explicit edges' (:class:`EdgeLineageHook`), and those the other layers register in
+:mod:`sage_health.services.hooks` (agent runs, feedback, the model registry). Governance writes no SQL against
+another layer's tables.
+
+**The governed walk** (:func:`governed_lineage`, reached through ``GovernedStore.lineage``) names nodes as the
+caller's view does: in the de-identified view a patient is named by pseudonym only (a real patient id is not
+found), file paths become ``file:<sha256 of the path, 12 digits>`` (Synthea names its files after the patient)
+and a path is not accepted as a start; records of patients who opted out of research are withheld when the
+decision excludes them. The audit event holds ids and hashes only.
 
 A **taint** marks a snapshot or model version built from data that was later erased: it stays visible
 (``models list``, ``dataset list``) and blocks promotion until a retrained version replaces it.
@@ -13,14 +26,24 @@ A **taint** marks a snapshot or model version built from data that was later era
 
 from __future__ import annotations
 
+import re
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+from sage_health.core.errors import RecordNotFoundError, ValidationError
+from sage_health.core.hashing import sha256_text
+from sage_health.data.governance.hooks import LineageHook
 from sage_health.data.sqlite_tables import connect, immediate
+from sage_health.data.store.protocol import LineageSource, RecordLineage
+
+if TYPE_CHECKING:
+    from sage_health.data.governance.access import GovernedStore
+    from sage_health.data.governance.policy import Decision
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS lineage_edges (
@@ -39,6 +62,11 @@ CREATE TABLE IF NOT EXISTS taints (
 );
 """
 
+MAX_CHILDREN = 50
+"""Children listed per node; the count of all of them is in the node's detail."""
+FILE_HASH_CHARS = 12
+_HEX = re.compile(r"^[0-9a-f]{8,64}$")
+
 
 def record_node(record_id: str) -> str:
     return f"record:{record_id}"
@@ -50,6 +78,24 @@ def snapshot_node(name: str, digest: str) -> str:
 
 def model_node(name: str, version: str) -> str:
     return f"model:{name}@{version}"
+
+
+def file_node(path: str) -> str:
+    return f"file:{path}"
+
+
+def path_hash(path: str) -> str:
+    """How a source file path is named where paths may not appear (audit log, de-identified view)."""
+    return sha256_text(path)
+
+
+def as_node(start: str) -> str:
+    """A node id from what a user typed: ``kind:ident``, or a bare record id (record ids hold ``/`` but no ``:``
+    before the first ``/``)."""
+    text = start.strip()
+    if not text:
+        raise ValidationError("empty lineage node: give a record id, file:PATH, snapshot:NAME@HASH or model:NAME@VER")
+    return text if ":" in text.split("/")[0] else record_node(text)
 
 
 @dataclass(frozen=True)
@@ -145,6 +191,74 @@ class LineageStore:
         return [Taint(r["node"], r["reason"], r["erasure_event"], r["created_at"]) for r in rows]
 
 
+# ---------------------------------------------------------------------------------------------------------- hooks
+
+
+class EdgeLineageHook:
+    """The explicit edges of :class:`LineageStore` (record → snapshot, record → model, …)."""
+
+    name = "lineage_edges"
+
+    def __init__(self, lineage: LineageStore) -> None:
+        self._lineage = lineage
+
+    def neighbours(self, node: str, *, up: bool) -> list[tuple[str, str, str]]:
+        if node.partition(":")[0] not in ("record", "snapshot", "model", "run"):
+            return []
+        if up:
+            return [(e.parent, "contains" if e.relation == "in_snapshot" else e.relation, "")
+                    for e in self._lineage.parents(node)]  # fmt: skip
+        return [(e.child, e.relation, "") for e in self._lineage.children(node)]
+
+
+class StoreLineageHook:
+    """The document store's edges: source file → records → chunks and vectors; records citing records; the model
+    that generated a record. Typed on :class:`~sage_health.data.store.protocol.LineageSource`."""
+
+    name = "document_store"
+
+    def __init__(self, source: LineageSource) -> None:
+        self._source = source
+        self._records: dict[str, RecordLineage | None] = {}
+
+    def record(self, record_id: str) -> RecordLineage | None:
+        if record_id not in self._records:
+            self._records[record_id] = self._source.record_lineage(record_id)
+        return self._records[record_id]
+
+    def describe(self, node: str) -> str:
+        kind, _, ident = node.partition(":")
+        if kind != "record":
+            return ""
+        info = self.record(ident)
+        if info is None:
+            return "not in the store (erased or unknown)"
+        return f"{info.resource_type}; ingest/job run {info.run_id or '-'}"
+
+    def neighbours(self, node: str, *, up: bool) -> list[tuple[str, str, str]]:
+        kind, _, ident = node.partition(":")
+        if kind == "file":
+            return [] if up else [(record_node(i), "parsed into", "") for i in self._source.records_from_file(ident)]
+        if kind != "record":
+            return []
+        info = self.record(ident)
+        if info is None:
+            return []
+        prov = info.provenance
+        if up:
+            out: list[tuple[str, str, str]] = []
+            if prov.source_file:
+                out.append((file_node(prov.source_file), "from file", ""))
+            out += [(record_node(d), "derived from", "") for d in prov.derived_from]
+            if prov.model_id:
+                out.append((f"model:{prov.model_id}", "generated by", ""))
+            return out
+        return [
+            (f"chunks:{ident}", f"{info.chunks} chunks, {info.vectors} vectors", ""),
+            *((record_node(r), "cited by", "") for r in self._source.records_citing(ident)),
+        ]
+
+
 # ---------------------------------------------------------------------------------------------------------- walks
 
 
@@ -160,100 +274,186 @@ class LineageNode:
         return {"node": self.node, "relation": self.relation, "detail": self.detail,
                 "children": [c.as_dict() for c in self.children]}  # fmt: skip
 
-
-def _has(conn: sqlite3.Connection, table: str) -> bool:
-    return conn.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (table,)).fetchone() is not None
-
-
-def walk(conn: sqlite3.Connection, lineage: LineageStore, start: str, *, up: bool, depth: int = 4) -> LineageNode:
-    """The lineage tree of ``start`` (a record id, ``file:PATH``, ``snapshot:NAME@HASH`` or ``model:NAME@VER``).
-
-    Down: file → records → chunks and vectors, snapshots, model versions, generated reports and agent runs that
-    cite the record. Up: generated report → cited evidence records and model; model → snapshot → records;
-    record → source file and ingest run. Lists are capped at 50 entries per node (the count is in ``detail``)."""
-    node = start if ":" in start.split("/")[0] else record_node(start)
-    return _walk(conn, lineage, node, "start", up=up, depth=depth, seen=set())
+    def count(self) -> int:
+        """Nodes in this tree."""
+        return 1 + sum(c.count() for c in self.children)
 
 
-def _cap(items: list[str], limit: int = 50) -> tuple[list[str], str]:
-    return items[:limit], (f"{len(items)} in all, first {limit} shown" if len(items) > limit else "")
+@dataclass
+class _Walk:
+    hooks: Sequence[LineageHook]
+    describe: Callable[[str], str]
+    taint_of: Callable[[str], Taint | None]
+    visible: Callable[[str], bool]
+    up: bool
+    seen: set[str] = field(default_factory=set)
+    withheld: int = 0
+
+    def node(self, node: str, relation: str, edge_detail: str, depth: int) -> LineageNode:
+        if node in self.seen:
+            return LineageNode(node, relation, "seen above")
+        self.seen.add(node)
+        kids: dict[tuple[str, str], str] = {}
+        if depth > 0:
+            for hook in self.hooks:
+                for child, rel, detail in hook.neighbours(node, up=self.up):
+                    kids.setdefault((child, rel), detail)
+        shown = [(k, d) for k, d in kids.items() if self.visible(k[0])]
+        hidden = len(kids) - len(shown)
+        self.withheld += hidden
+        notes = [edge_detail, self.describe(node)]
+        if len(shown) > MAX_CHILDREN:
+            notes.append(f"{len(shown)} in all, first {MAX_CHILDREN} shown")
+            shown = shown[:MAX_CHILDREN]
+        if hidden:
+            notes.append(f"{hidden} withheld (research opt-out)")
+        taint = self.taint_of(node)
+        if taint is not None:
+            notes.append(f"TAINTED: {taint.reason}")
+        children = tuple(self.node(child, rel, detail, depth - 1) for (child, rel), detail in shown)
+        return LineageNode(node, relation, "; ".join(n for n in notes if n), children)
+
+
+def walk(
+    start: str,
+    *,
+    up: bool,
+    depth: int = 4,
+    hooks: Sequence[LineageHook],
+    lineage: LineageStore,
+    describe: Callable[[str], str] | None = None,
+    visible: Callable[[str], bool] | None = None,
+) -> LineageNode:
+    """The lineage tree of ``start`` (a record id, ``file:PATH``, ``snapshot:NAME@HASH``, ``model:NAME@VER`` or
+    ``run:ID``), ``depth`` steps from it, with the neighbours every hook gives.
+
+    Down: file → records → chunks and vectors, snapshots, model versions, records and agent runs that cite the
+    record. Up: generated report → cited evidence records and model; model → snapshot → records; record → source
+    file and ingest run. Children are capped at :data:`MAX_CHILDREN` per node (the count is in ``detail``); a node
+    met twice is listed once and then as "seen above"; ``visible`` withholds nodes (counted in the parent's detail).
+    """
+    return _walk(start, up=up, depth=depth, hooks=hooks, lineage=lineage, describe=describe, visible=visible)[0]
 
 
 def _walk(
-    conn: sqlite3.Connection, lineage: LineageStore, node: str, relation: str, *, up: bool, depth: int, seen: set[str]
-) -> LineageNode:
-    if node in seen or depth < 0:
-        return LineageNode(node, relation, "seen above" if node in seen else "")
-    seen.add(node)
-    kids: list[tuple[str, str]] = []
-    detail = ""
-    kind, _, ident = node.partition(":")
-    if kind == "file":
-        if not up:
-            ids = [r[0] for r in conn.execute(
-                "SELECT DISTINCT id FROM records WHERE json_extract(provenance, '$.source_file') = ? ORDER BY id",
-                (ident,),
-            )]  # fmt: skip
-            shown, detail = _cap(ids)
-            kids += [(record_node(i), "parsed into") for i in shown]
-    elif kind == "record":
-        row = conn.execute(
-            "SELECT provenance, run_id, resource_type FROM records WHERE id = ? AND is_current = 1", (ident,)
-        ).fetchone()
-        if row is None:
-            detail = "not in the store (erased or unknown)"
-        else:
-            import json
+    start: str,
+    *,
+    up: bool,
+    depth: int,
+    hooks: Sequence[LineageHook],
+    lineage: LineageStore,
+    describe: Callable[[str], str] | None,
+    visible: Callable[[str], bool] | None,
+) -> tuple[LineageNode, int]:
+    state = _Walk(hooks=hooks, describe=describe or (lambda _n: ""), taint_of=lineage.taint_of,
+                  visible=visible or (lambda _n: True), up=up)  # fmt: skip
+    return state.node(as_node(start), "start", "", depth), state.withheld
 
-            prov = json.loads(row[0])
-            detail = f"{row[2]}; ingest/job run {row[1] or prov.get('run_id') or '-'}"
-            if up:
-                if prov.get("source_file"):
-                    kids.append((f"file:{prov['source_file']}", "from file"))
-                for cited in prov.get("derived_from") or []:
-                    kids.append((record_node(cited), "derived from"))
-                if prov.get("model_id"):
-                    kids.append((f"model:{prov['model_id']}", "generated by"))
-            else:
-                n_chunks, n_vec = conn.execute(
-                    "SELECT count(*), (SELECT count(*) FROM vectors v JOIN chunks c2 ON c2.id = v.chunk_id "
-                    "WHERE c2.record_id = ?) FROM chunks WHERE record_id = ?",
-                    (ident, ident),
-                ).fetchone()
-                kids.append((f"chunks:{ident}", f"{n_chunks} chunks, {n_vec} vectors"))
-                reports = [r[0] for r in conn.execute(
-                    "SELECT id FROM records WHERE is_current = 1 AND id != ? AND EXISTS (SELECT 1 FROM "
-                    "json_each(records.provenance, '$.derived_from') WHERE value = ?)", (ident, ident)
-                )]  # fmt: skip
-                kids += [(record_node(r), "cited by") for r in _cap(reports)[0]]
-                if _has(conn, "agent_steps"):
-                    runs = [r[0] for r in conn.execute(
-                        "SELECT DISTINCT run_id FROM agent_steps WHERE EXISTS (SELECT 1 FROM "
-                        "json_each(agent_steps.evidence_ids_json) WHERE value = ?)", (ident,)
-                    )]  # fmt: skip
-                    kids += [(f"run:{r}", "evidence in agent run") for r in _cap(runs)[0]]
-    elif kind == "snapshot" and up:
-        parents = [e.parent for e in lineage.parents(node)]
-        shown, detail = _cap(parents)
-        kids += [(p, "contains") for p in shown]
-    elif kind == "model" and up and _has(conn, "model_versions"):
-        name, _, version = ident.partition("@")
-        row = conn.execute(
-            "SELECT dataset_snapshot_id FROM model_versions WHERE name = ? AND version = ?", (name, version)
-        ).fetchone()
-        if row is not None and row[0]:
-            kids.append((f"snapshot:{row[0]}", "trained on"))
-    if not up and kind in ("record", "snapshot", "model"):
-        kids += [(e.child, e.relation) for e in lineage.children(node)]
-        if kind == "snapshot" and _has(conn, "model_versions"):
-            for name, version in conn.execute(
-                "SELECT name, version FROM model_versions WHERE dataset_snapshot_id = ?", (ident,)
-            ):
-                kids.append((model_node(name, version), "trained"))
-    taint = lineage.taint_of(node)
-    if taint is not None:
-        detail = (detail + "; " if detail else "") + f"TAINTED: {taint.reason}"
-    children = tuple(
-        _walk(conn, lineage, child, rel, up=up, depth=depth - 1, seen=seen) for child, rel in dict.fromkeys(kids)
-    )
-    return LineageNode(node, relation, detail, children)
+
+# ---------------------------------------------------------------------------------------------------------- governed
+
+
+@dataclass(frozen=True)
+class LineageResult:
+    """A governed walk: the tree as the caller's view names it, and what was withheld."""
+
+    tree: LineageNode
+    up: bool
+    depth: int
+    view: str
+    withheld: int
+    """Nodes left out because their patient opted out of research (secondary use)."""
+
+
+def _rename(node: LineageNode, name: Callable[[str], str]) -> LineageNode:
+    return LineageNode(name(node.node), node.relation, node.detail, tuple(_rename(c, name) for c in node.children))
+
+
+def governed_lineage(
+    governed: GovernedStore,
+    source: LineageSource,
+    start: str,
+    *,
+    up: bool,
+    depth: int,
+    hooks: Sequence[LineageHook],
+    patients: frozenset[str],
+    resolve: Callable[[str, Decision], str | None],
+    detail: dict[str, Any] | None = None,
+) -> LineageResult:
+    """Decide ``lineage``, walk from ``start`` as the caller's view names it and audit the walk (ids and hashes
+    only). ``source`` is the governed store's own backend, ``patients`` its current patient ids, ``resolve`` how the
+    caller's view names a record (``GovernedStore._resolve_id``: a pseudonym → the real id, a real patient id in
+    the de-identified view → ``None``)."""
+    from sage_health.data.governance.policy import Action
+    from sage_health.data.governance.views import is_patient_ref
+
+    if not 0 <= depth <= 10:
+        raise ValidationError(f"--depth must be between 0 and 10, got {depth}")
+    decision = governed.decide(Action.LINEAGE)
+    view = governed.view if decision.view == "deidentified" else None
+    withheld_patients = frozenset(governed.opted_out()) if decision.exclude_opted_out else frozenset()
+    store_hook = StoreLineageHook(source)
+    node = as_node(start)
+    kind, _, ident = node.partition(":")
+    audit: dict[str, Any] = {**(detail or {}), "direction": "up" if up else "down", "depth": depth,
+                             "view": decision.view, "start_kind": kind}  # fmt: skip
+    record_ids: list[str] = []
+
+    def not_found(message: str) -> RecordNotFoundError:
+        governed.log(Action.LINEAGE.value, detail={**audit, "found": False}, outcome="not_found")
+        return RecordNotFoundError(message)
+
+    if kind == "record":
+        real = resolve(ident, decision)
+        if real is None:
+            raise not_found(f"no record {ident!r} in your view: patients are named by pseudonym (pseudo-…)")
+        info = store_hook.record(real)
+        if info is not None and info.patient_id in withheld_patients:
+            raise not_found(f"no record {ident!r} in your view (withheld: research opt-out)")
+        node = record_node(real)
+        record_ids.append(real)
+    elif kind == "file":
+        if _HEX.match(ident):
+            matches = [f for f in source.source_files() if path_hash(f).startswith(ident)]
+            if not matches:
+                raise not_found(f"no source file whose path hash starts with {ident!r}")
+            if len(matches) > 1:
+                raise not_found(f"{len(matches)} source files have a path hash starting with {ident!r}; "
+                                "give more digits")  # fmt: skip
+            node = file_node(matches[0])
+        elif view is not None:
+            raise not_found("in the de-identified view a source file is named by the hash of its path "
+                            f"(file:<{FILE_HASH_CHARS} hex digits>, as lineage shows it), not by its path")  # fmt: skip
+        audit["file_sha256"] = path_hash(node.removeprefix("file:"))
+    elif kind in ("snapshot", "model", "run", "chunks"):
+        audit["start"] = node if kind != "chunks" else "chunks"
+    else:
+        raise ValidationError(f"unknown lineage node kind {kind!r}: use a record id, file:…, snapshot:NAME@HASH, "
+                              "model:NAME@VERSION or run:ID")  # fmt: skip
+
+    def visible(child: str) -> bool:
+        child_kind, _, child_id = child.partition(":")
+        if not withheld_patients or child_kind not in ("record", "chunks"):
+            return True
+        info = store_hook.record(child_id)
+        return info is None or info.patient_id not in withheld_patients
+
+    edges = LineageStore(governed.path)
+    tree, withheld = _walk(node, up=up, depth=depth, hooks=[store_hook, EdgeLineageHook(edges), *hooks],
+                           lineage=edges, describe=store_hook.describe, visible=visible)  # fmt: skip
+    if view is not None:
+        pseudonym = view.patient
+
+        def name(n: str) -> str:
+            k, _, i = n.partition(":")
+            if k == "file":
+                return f"file:{path_hash(i)[:FILE_HASH_CHARS]}"
+            if k in ("record", "chunks") and is_patient_ref(i, patients):
+                return f"{k}:{pseudonym(i) or i}"
+            return n
+
+        tree = _rename(tree, name)
+    governed.log(Action.LINEAGE.value, record_ids=record_ids,
+                 detail={**audit, "nodes": tree.count(), "withheld": withheld})  # fmt: skip
+    return LineageResult(tree=tree, up=up, depth=depth, view=decision.view, withheld=withheld)

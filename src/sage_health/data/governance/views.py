@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 from sage_health.core.config import Settings
@@ -35,6 +36,15 @@ RecordFn = Callable[[RecordBase, str | None], RecordBase]
 
 def pseudonym(key: bytes, patient_id: str) -> str:
     return PSEUDONYM_PREFIX + hmac.new(key, patient_id.encode("utf-8"), hashlib.sha256).hexdigest()[:20]
+
+
+_PATIENT_ID = re.compile(r"^[^/\s]+/Patient/[^/\s]+$")
+
+
+def is_patient_ref(value: str, known: Collection[str] = ()) -> bool:
+    """Whether ``value`` names a patient by their real id: one of ``known`` (the store's patient ids), or shaped
+    like the id of a Patient record (``<source>/Patient/<id>``), so that erased patients are recognised too."""
+    return value in known or bool(_PATIENT_ID.match(value))
 
 
 @dataclass

@@ -8,6 +8,10 @@ Guarantees
 * A bad file or record gives one line naming the file (and locator) and the reason; it is recorded in the
   run's report, the rest of the run continues, and nothing partial is stored.
 * Memory is bounded by one batch plus one file's parse state (JSONL/CSV files stream line by line).
+
+The pipeline is typed on :class:`~sage_health.data.store.protocol.IngestTarget` (a ``DocumentStore`` that keeps the
+ingest ledger), so any backend plugs in. Interfaces never build it: the governed store runs it
+(:meth:`~sage_health.data.governance.access.GovernedStore.ingest`, decided and audited) for the ingest service.
 """
 
 from __future__ import annotations
@@ -25,7 +29,19 @@ from sage_health.core.hashing import sha256_file
 from sage_health.data.ingest.base import Connector, IngestContext, RecordProblem, read_head
 from sage_health.data.ingest.registry import auxiliary_reason, builtin_connectors
 from sage_health.data.schema import RecordBase
-from sage_health.data.store.sqlite import SqliteDocumentStore
+from sage_health.data.store.protocol import IngestTarget
+
+
+@dataclass(frozen=True)
+class IngestOptions:
+    """How one ingest run reads its input (the settings' batch size and file-size limit, plus per-run choices)."""
+
+    batch_records: int = 256
+    max_file_bytes: int = 256 * 1024 * 1024
+    source_override: str | None = None
+    """Dataset name recorded as every record's source (and in its id) instead of the connector's default."""
+    force: bool = False
+    """Re-read files already ingested unchanged."""
 
 
 @dataclass
@@ -119,10 +135,20 @@ def expand_paths(paths: Iterable[Path]) -> Iterator[tuple[Path, bool]]:
             yield path, False
 
 
+def new_run_id() -> str:
+    """A fresh ingest run id: ``run-<UTC timestamp>-<8 hex>``."""
+    return datetime.now(UTC).strftime("run-%Y%m%dT%H%M%S-") + uuid.uuid4().hex[:8]
+
+
+def planned_bytes(paths: Iterable[Path]) -> int:
+    """Total size of the files an ingest of ``paths`` will visit (missing paths count 0): a progress bar's total."""
+    return sum(f.stat().st_size for f, _ in expand_paths(p for p in paths if p.exists()))
+
+
 class IngestPipeline:
     def __init__(
         self,
-        store: SqliteDocumentStore,
+        store: IngestTarget,
         *,
         connectors: Sequence[Connector] | None = None,
         batch_records: int = 256,
@@ -137,6 +163,19 @@ class IngestPipeline:
         self.source_override = source_override
         self.force = force
         self._batch = _Batch()
+
+    @classmethod
+    def with_options(
+        cls, store: IngestTarget, options: IngestOptions, *, connectors: Sequence[Connector] | None = None
+    ) -> IngestPipeline:
+        return cls(
+            store,
+            connectors=connectors,
+            batch_records=options.batch_records,
+            max_file_bytes=options.max_file_bytes,
+            source_override=options.source_override,
+            force=options.force,
+        )
 
     def detect(self, path: Path) -> Connector:
         head = read_head(path)
@@ -158,7 +197,7 @@ class IngestPipeline:
         progress: ProgressFn | None = None,
         on_problem: Callable[[FileProblem], None] | None = None,
     ) -> IngestReport:
-        run_id = run_id or datetime.now(UTC).strftime("run-%Y%m%dT%H%M%S-") + uuid.uuid4().hex[:8]
+        run_id = run_id or new_run_id()
         report = IngestReport(run_id=run_id)
         ctx = IngestContext(run_id=run_id, source_override=self.source_override)
         self.store.start_run(run_id, command)

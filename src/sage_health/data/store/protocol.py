@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from datetime import datetime
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -156,3 +156,99 @@ class RecordReader(Protocol):
     def search(self, query: SearchQuery) -> list[SearchHit]: ...
 
     def iter_records(self, filters: SearchFilters | None = None) -> Iterator[StoredRecord]: ...
+
+
+@runtime_checkable
+class IngestLedger(Protocol):
+    """The run bookkeeping an ingest needs from a backend, beside :class:`DocumentStore` ``write``.
+
+    Contract:
+
+    - ``start_run(run_id, command)`` records a run as ``running``; ``finish_run(run_id, status, stats)`` closes it
+      with ``completed``, ``completed_with_errors`` or ``failed`` and its report (a JSON-serialisable dict). A run
+      killed in between stays ``running``.
+    - ``record_error(run_id, path, locator, reason)`` keeps one problem line of a run (never record content).
+    - ``file_done(path, sha256)`` is true once ``mark_file`` recorded that exact file content as completely
+      ingested; ``mark_file`` is called only after the last batch holding the file's records committed, so a re-run
+      after a crash re-reads every file that was not finished (and content hashes make that add no duplicates).
+    """
+
+    def start_run(self, run_id: str, command: str) -> None: ...
+
+    def finish_run(self, run_id: str, status: str, stats: dict[str, Any]) -> None: ...
+
+    def record_error(self, run_id: str, path: str, locator: str | None, reason: str) -> None: ...
+
+    def file_done(self, path: str, sha256: str) -> bool: ...
+
+    def mark_file(self, path: str, sha256: str, size: int, connector: str, run_id: str, records: int) -> None: ...
+
+
+@runtime_checkable
+class IngestTarget(DocumentStore, IngestLedger, Protocol):
+    """What the ingest pipeline writes to: a document store that also keeps the ingest ledger (every backend)."""
+
+
+class RecordLineage(BaseModel):
+    """Where one current record comes from and what the store derived from it (ids and counts, no content)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    record_id: str
+    resource_type: str
+    patient_id: str | None
+    run_id: str | None
+    """The ingest run (or job) that wrote the current version."""
+    provenance: Provenance
+    chunks: int
+    vectors: int
+
+
+@runtime_checkable
+class LineageSource(Protocol):
+    """The document store's share of the lineage graph (``file:`` → ``record:`` → chunks/vectors, citations).
+
+    Contract: ``record_lineage(id)`` describes the current version of a record (``None`` when there is none);
+    ``records_from_file(path)`` lists the ids of current records parsed from that source file (sorted);
+    ``records_citing(id)`` the ids of current records whose provenance ``derived_from`` names ``id`` (sorted);
+    ``source_files()`` every distinct source file path of current records (sorted)."""
+
+    def record_lineage(self, record_id: str) -> RecordLineage | None: ...
+
+    def records_from_file(self, path: str) -> list[str]: ...
+
+    def records_citing(self, record_id: str) -> list[str]: ...
+
+    def source_files(self) -> list[str]: ...
+
+
+class ErasedRecords(BaseModel):
+    """What :meth:`ErasureTarget.erase_records` removed: counts and the sha256 of file paths, never a path."""
+
+    model_config = ConfigDict(frozen=True)
+
+    records: int = 0
+    """Record ids removed (each with every version, its chunks, keyword rows and vectors)."""
+    files: int = 0
+    """Source files (named by no other patient's record) whose ledger rows were removed."""
+    files_sha256: tuple[str, ...] = ()
+    provenance_scrubbed: int = 0
+    """Records left from such a file whose provenance now names it ``erased:<sha256 of the path>``."""
+
+
+@runtime_checkable
+class ErasureTarget(Protocol):
+    """What erasing a patient needs from a backend.
+
+    Contract: ``patient_record_ids(patient)`` lists every record id (any version) whose ``patient_id`` is the
+    patient, or that *is* the patient (the Patient record), sorted; ``erase_records(ids)`` removes those records
+    exactly as ``DocumentStore.delete`` does and, in the same transaction, forgets the paths of their source files
+    that hold no other patient's record (a file path can name the patient: ledger rows removed, the provenance of
+    records left from the file names it by hash), and is a no-op for ids already gone;
+    ``check()`` is the consistency check (``{"ok": bool, "problems": [str, ...]}``)."""
+
+    def patient_record_ids(self, patient_id: str) -> list[str]: ...
+
+    def erase_records(self, record_ids: Sequence[str]) -> ErasedRecords: ...
+
+    def check(self) -> dict[str, Any]: ...

@@ -14,7 +14,9 @@ fails validation, an unknown route — has one JSON shape, compatible with OpenA
 
 Authentication: every route but ``/healthz`` needs ``Authorization: Bearer <token>`` (a principal's token from
 ``sage-health principals token create``): 401 without valid credentials, 403 when the policy denies (see
-:mod:`sage_health.interfaces.api.deps`).
+:mod:`sage_health.interfaces.api.deps`). The routes only parse and render: the use cases are
+:mod:`sage_health.services.models` and :mod:`sage_health.services.generation` (policy, audit, tainted models
+refused), shared with the CLI.
 """
 
 from __future__ import annotations
@@ -51,10 +53,10 @@ from sage_health.core.errors import (
     StudyInputError,
     ValidationError,
 )
-from sage_health.data.governance.policy import Action
 from sage_health.interfaces.api.deps import SessionDep, get_settings
 from sage_health.interfaces.api.radiology import add_radiology_routes
 from sage_health.models.generation.base import ChatMessage, GenerationParams
+from sage_health.services import generation, models
 from sage_health.services.session import Runtime
 
 # One place that maps error classes to HTTP status codes (most specific first).
@@ -166,43 +168,30 @@ def create_app(settings: Settings | None = None, *, auth: bool = True) -> FastAP
 
     @app.get("/v1/models", tags=["openai"])
     def list_models(session: SessionDep) -> dict[str, Any]:
-        pool = session.pool()
-        reg = pool.registry
-        for name in ("smollm2", "extractive"):
-            pool.get(name)  # registers the built-in base models (no weights are loaded here)
-        data = []
-        for mv in reg.list_versions():
-            created = int(datetime.fromisoformat(mv.created_at).timestamp())
-            data.append(
-                {
-                    "id": mv.ref,
-                    "object": "model",
-                    "created": created,
-                    "owned_by": "sage-health",
-                    "stage": mv.stage,
-                    "backend": mv.backend,
-                    "dataset_snapshot_id": mv.dataset_snapshot_id,
-                }
-            )
+        data = [
+            {
+                "id": e.ref,
+                "object": "model",
+                "created": int(datetime.fromisoformat(e.version.created_at).timestamp()),
+                "owned_by": "sage-health",
+                "stage": e.version.stage,
+                "backend": e.version.backend,
+                "dataset_snapshot_id": e.version.dataset_snapshot_id,
+                "tainted": e.taint is not None,
+            }
+            for e in models.list_models(session)
+        ]
         return {"object": "list", "data": data}
 
     @app.post("/v1/chat/completions", tags=["openai"], response_model=None)
     def chat_completions(body: ChatCompletionRequest, session: SessionDep) -> dict[str, Any] | StreamingResponse:
-        s = session.settings
-        session.decide(Action.GENERATE)
-        model, gen = session.pool().get(body.model)
         messages = [m.to_message() for m in body.messages]
-        session.audit(
-            Action.GENERATE.value,
-            query="\n".join(m.content for m in messages),
-            detail={"model": model.ref, "endpoint": "chat.completions", "stream": body.stream},
-        )
-        params = body.params(s.max_new_tokens)
+        params = body.params(session.settings.max_new_tokens)
         completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         created = int(time.time())
         if body.stream:
-            pieces = gen.stream(messages, params)
-            first = next(pieces, None)  # fail before the 200 header when the request itself is bad
+            streamed = generation.stream(session, messages, model=body.model, params=params,
+                                         endpoint="chat.completions")  # fmt: skip
 
             def events() -> Iterator[str]:
                 def chunk(delta: dict[str, str], finish: str | None) -> str:
@@ -210,16 +199,14 @@ def create_app(settings: Settings | None = None, *, auth: bool = True) -> FastAP
                         "id": completion_id,
                         "object": "chat.completion.chunk",
                         "created": created,
-                        "model": model.ref,
+                        "model": streamed.model_ref,
                         "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
                     }
                     return f"data: {json.dumps(payload)}\n\n"
 
                 yield chunk({"role": "assistant", "content": ""}, None)
                 try:
-                    if first is not None:
-                        yield chunk({"content": first}, None)
-                    for piece in pieces:
+                    for piece in streamed.pieces:
                         yield chunk({"content": piece}, None)
                 except SageError as exc:
                     yield f"data: {json.dumps(error_body(type(exc).__name__, str(exc), status_for(exc)))}\n\n"
@@ -228,12 +215,13 @@ def create_app(settings: Settings | None = None, *, auth: bool = True) -> FastAP
                 yield "data: [DONE]\n\n"
 
             return StreamingResponse(events(), media_type="text/event-stream")
-        out = gen.generate(messages, params)
+        done = generation.complete(session, messages, model=body.model, params=params, endpoint="chat.completions")
+        out = done.generation
         return {
             "id": completion_id,
             "object": "chat.completion",
             "created": created,
-            "model": model.ref,
+            "model": done.model_ref,
             "system_fingerprint": f"{out.model_id}@{out.model_version}",
             "choices": [
                 {

@@ -2,34 +2,30 @@
 
 - ``POST /v1/radiology/drafts`` — validate the study, run the workflow, return the draft (it then waits for review).
 - ``POST /v1/radiology/drafts/{run_id}/review`` — approve (optionally with the edited report) or reject.
+- ``GET /v1/runs`` — runs, newest first (``?status=paused&limit=20``).
 - ``GET /v1/runs/{run_id}`` — a run and its persisted trace steps.
+- ``POST /v1/runs/{run_id}/resume`` — continue an interrupted or failed run from its last finished step.
+
+Each route parses the request and calls :mod:`sage_health.services.radiology` or :mod:`sage_health.services.traces`,
+which decide, audit and serialise the workflows. Runs and traces hold identified data: a principal with a
+de-identified view gets 403 (audited).
 
 Image paths are paths on the server (the store's images, or files the server can read). One workflow runs at a
-time per application (the store connection and the CPU are shared); the others wait.
+time per application (the store connection and the CPU are shared); the others wait (the service holds the lock).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Query
 from pydantic import BaseModel, ConfigDict, Field
 
-from sage_health.agents.base import AgentContext
-from sage_health.agents.trace import TraceStore
-from sage_health.apps.radiology.workflow import (
-    DraftOutcome,
-    ReviewOutcome,
-    draft_report,
-    prepare_request,
-    report_text,
-    review_draft,
-)
-from sage_health.core.errors import PolicyViolation
-from sage_health.data.governance.policy import Action
 from sage_health.interfaces.api.deps import SessionDep
-from sage_health.services.session import Session
+from sage_health.services import radiology as service
+from sage_health.services import traces
+from sage_health.services.radiology import DraftOutcome, ReviewOutcome, report_text
 
 
 class DraftBody(BaseModel):
@@ -56,47 +52,39 @@ class ReviewBody(BaseModel):
 def add_radiology_routes(app: FastAPI) -> None:
     """Mount the radiology routes (the session's runtime shares the store and generator pool per process)."""
 
-    def context(session: Session) -> AgentContext:
-        pool = session.pool()
-        return AgentContext(settings=session.settings, store=session.governed(), registry=pool.registry, pool=pool)
-
     @app.post("/v1/radiology/drafts", tags=["radiology"])
     def create_draft(body: DraftBody, session: SessionDep) -> DraftOutcome:
-        with session.runtime.workflow_lock:
-            ctx = context(session)
-            request = prepare_request(
-                ctx,
-                indication=body.indication,
-                images=[Path(p) for p in body.images],
-                comparison=body.comparison,
-                patient_id=body.patient_id,
-                study_id=body.study_id,
-                model=body.model,
-            )
-            return draft_report(ctx, request)
+        return service.draft(
+            session,
+            indication=body.indication,
+            images=[Path(p) for p in body.images],
+            comparison=body.comparison,
+            patient_id=body.patient_id,
+            study_id=body.study_id,
+            model=body.model,
+        )
 
     @app.post("/v1/radiology/drafts/{run_id}/review", tags=["radiology"])
     def review(run_id: str, body: ReviewBody, session: SessionDep) -> ReviewOutcome:
         edited = None
         if body.findings is not None or body.impression is not None:
             edited = report_text(body.findings or "", body.impression or "")
-        with session.runtime.workflow_lock:
-            return review_draft(
-                context(session), run_id, approve=body.approve, edited=edited, signer=body.signer, reason=body.reason
-            )
+        return service.review(
+            session, run_id, approve=body.approve, edited=edited, signer=body.signer, reason=body.reason
+        )
+
+    @app.get("/v1/runs", tags=["radiology"])
+    def list_runs(
+        session: SessionDep,
+        status: Annotated[str | None, Query(description="Only runs in this status.")] = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 20,
+    ) -> list[dict[str, Any]]:
+        return traces.list_runs(session, status=status, limit=limit).as_list()
 
     @app.get("/v1/runs/{run_id}", tags=["radiology"])
     def get_run(run_id: str, session: SessionDep) -> dict[str, Any]:
-        s = session.settings
-        governed = session.governed()
-        decision = governed.decide(Action.READ)
-        if decision.view != "identified":
-            raise PolicyViolation(f"{governed.access.label} sees de-identified data only; agent traces are identified")
-        traces = TraceStore(s.db_path)
-        run = traces.get_run(run_id)
-        governed.log(Action.READ.value, record_ids=[i for i in (run.study_id, run.patient_id) if i],
-                     detail={"trace": run_id})  # fmt: skip
-        return {
-            "run": run.model_dump(mode="json"),
-            "steps": [st.model_dump(mode="json") for st in traces.steps(run_id)],
-        }
+        return traces.trace(session, run_id).as_dict()
+
+    @app.post("/v1/runs/{run_id}/resume", tags=["radiology"])
+    def resume_run(run_id: str, session: SessionDep) -> DraftOutcome:
+        return service.resume(session, run_id)

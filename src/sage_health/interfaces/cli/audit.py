@@ -5,22 +5,12 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from sage_health.core.errors import SageError
-from sage_health.data.governance.audit import AuditLog
-from sage_health.data.governance.policy import Action
-from sage_health.interfaces.cli.common import (
-    AsOpt,
-    JsonOpt,
-    PurposeOpt,
-    StoreOpt,
-    echo_json,
-    evaluation_access,
-    out,
-    run_command,
-    settings_for,
-)
+from sage_health.interfaces.cli.common import Cli, out, run_command, session_command
+from sage_health.services import audit as audit_service
 
 audit_app = typer.Typer(help="The tamper-evident audit log: verify the chain, show events.", no_args_is_help=True)
 
@@ -30,21 +20,15 @@ class AuditTampered(SageError):
 
 
 @audit_app.command("verify")
-def verify(store: StoreOpt = None, as_: AsOpt = None, purpose: PurposeOpt = None, as_json: JsonOpt = False) -> None:
+@session_command
+def verify(cli: Cli) -> None:
     """Walk the hash chain and the anchor; exit 1 naming the first bad position when anything was changed.
     Policy: ``audit`` (data stewards, admins)."""
 
     def body() -> None:
-        settings = settings_for(store, as_, purpose)
-        evaluation_access(settings, Action.AUDIT)
-        result = AuditLog.for_settings(settings).verify()
-        if as_json:
-            echo_json(
-                {"ok": result.ok, "events": result.events, "first_bad_seq": result.first_bad_seq,
-                 "reason": result.reason, "note": result.note}
-            )  # fmt: skip
-        else:
-            out.print(result.line())
+        with cli.session() as session:
+            result = audit_service.verify(session)
+        cli.emit(audit_service.verification_json(result), lambda: out.print(result.line()))
         if not result.ok:
             raise AuditTampered(result.line())
 
@@ -52,37 +36,35 @@ def verify(store: StoreOpt = None, as_: AsOpt = None, purpose: PurposeOpt = None
 
 
 @audit_app.command("show")
+@session_command
 def show(
+    cli: Cli,
     record: Annotated[str | None, typer.Option("--record", help="Only events naming this record id.")] = None,
     since: Annotated[str | None, typer.Option("--since", help="ISO time, e.g. 2026-11-01.")] = None,
     action: Annotated[str | None, typer.Option("--action", help="Only this action.")] = None,
     patient: Annotated[
-        str | None, typer.Option("--patient", help="Only events naming this patient or one of their records.")
+        str | None,
+        typer.Option(
+            "--patient",
+            help="Only events naming this patient or one of their records (admins: the patient's pseudonym).",
+        ),
     ] = None,
-    store: StoreOpt = None,
-    as_: AsOpt = None,
-    purpose: PurposeOpt = None,
-    as_json: JsonOpt = False,
 ) -> None:
-    """Events in order (ids and hashes only; the log holds no record content or query text).
-    Policy: ``audit`` (data stewards, admins)."""
+    """Events in order (ids and hashes only; the log holds no record content, query text or file paths). Admins see
+    patients' pseudonyms. Policy: ``audit`` (data stewards, admins)."""
 
     def body() -> None:
-        settings = settings_for(store, as_, purpose)
-        governed = evaluation_access(settings, Action.AUDIT)
-        events = AuditLog.for_settings(settings).events(record_id=record, since=since, action=action)
-        if patient:
-            ids = {patient} | governed.record_ids_of(patient)
-            events = [e for e in events if ids.intersection(e.record_ids)]
-        governed.log(Action.AUDIT.value, record_ids=[patient] if patient else [], detail={"events": len(events)})
-        if as_json:
-            echo_json([e.model_dump(mode="json") for e in events])
-            return
-        table = Table("seq", "at", "principal", "purpose", "action", "records / query")
-        for e in events:
-            target = ", ".join(e.record_ids[:3]) + (" …" if len(e.record_ids) > 3 else "")
-            table.add_row(str(e.seq), e.at, e.principal, e.purpose or "", e.action,
-                          target or (f"query sha256 {e.query_sha256[:12]}" if e.query_sha256 else ""))  # fmt: skip
-        out.print(table)
+        with cli.session() as session:
+            found = audit_service.show(session, record=record, since=since, action=action, patient=patient)
+
+        def render() -> None:
+            table = Table("seq", "at", "principal", "purpose", "action", "records / query")
+            for e in found.events:
+                target = ", ".join(e.record_ids[:3]) + (" …" if len(e.record_ids) > 3 else "")
+                query = f"query sha256 {e.query_sha256[:12]}" if e.query_sha256 else ""
+                table.add_row(str(e.seq), e.at, e.principal, e.purpose or "", e.action, escape(target) or query)
+            out.print(table)
+
+        cli.emit(audit_service.events_json(found), render)
 
     run_command(body)

@@ -1,4 +1,5 @@
-"""``sage-health coevolve``: one co-evolution cycle; ``coevolve history``; ``coevolve replay``."""
+"""``sage-health coevolve``: one co-evolution cycle; ``coevolve history``; ``coevolve replay`` (parse, call
+:mod:`sage_health.services.coevolve`, render)."""
 
 from __future__ import annotations
 
@@ -8,25 +9,16 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from sage_health.agents.base import AgentContext
-from sage_health.apps.coevolve.decision import RULE
-from sage_health.apps.coevolve.loop import TASK_SPECS, CycleRecord, LoopOptions, history, plot_history, run_cycle
-from sage_health.apps.coevolve.replay import replay_studies
-from sage_health.core.errors import ValidationError
-from sage_health.data.governance.access import open_governed
-from sage_health.data.store.factory import open_store
-from sage_health.interfaces.cli.common import (
-    AsOpt,
-    JsonOpt,
-    PurposeOpt,
-    StoreOpt,
-    echo_json,
-    err,
-    out,
-    run_command,
-    settings_for,
+from sage_health.interfaces.cli.common import Cli, err, out, run_command, session_command
+from sage_health.services import coevolve as service
+from sage_health.services.coevolve import (
+    RULE,
+    TASK_SPECS,
+    CoevolveHistory,
+    CycleRecord,
+    LoopOptions,
+    ReplayResult,
 )
-from sage_health.models.evaluation.harness import load_report_file
 
 coevolve_app = typer.Typer(
     help="The data-model co-evolution loop: feedback -> snapshot -> LoRA candidate -> evaluation -> promotion.",
@@ -67,7 +59,9 @@ def _print_cycle(rec: CycleRecord) -> None:
 
 
 @coevolve_app.callback()
+@session_command
 def coevolve(
+    cli: Cli,
     ctx: typer.Context,
     task: TaskOpt = "impression",
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Report what a cycle would do; write nothing.")] = False,
@@ -89,10 +83,6 @@ def coevolve(
     seed: Annotated[int, typer.Option("--seed")] = 0,
     min_gain: Annotated[float, typer.Option("--min-gain", help="Required lower CI bound of the gain.")] = 0.0,
     force: Annotated[bool, typer.Option("--force", help="Run a cycle even when nothing is new.")] = False,
-    store: StoreOpt = None,
-    as_: AsOpt = None,
-    purpose: PurposeOpt = None,
-    as_json: JsonOpt = False,
 ) -> None:
     """Run one cycle (see `coevolve history` for past cycles). The promotion rule:
 
@@ -104,108 +94,94 @@ def coevolve(
         return
 
     def body() -> None:
-        settings = settings_for(store, as_, purpose)
         opts = LoopOptions(
             task=task, model=model, base=base, eval_file=eval_file, eval_limit=eval_limit, steps=steps,
             batch_size=batch_size, max_length=max_length, learning_rate=lr, seed=seed, min_gain=min_gain,
             force=force, dry_run=dry_run,
         )  # fmt: skip
-        with open_store(settings) as raw:
-            governed = open_governed(settings, raw)
-            rec = run_cycle(settings, governed, opts, progress=lambda m: err.print(m, highlight=False))
-        if as_json:
-            echo_json({**rec.as_dict(), "rule": RULE})
-        else:
-            _print_cycle(rec)
+        with cli.session(must_exist=True) as session:
+            rec = service.run_cycle(session, opts, on_progress=lambda m: err.print(m, highlight=False))
+        cli.emit({**rec.as_dict(), "rule": RULE}, lambda: _print_cycle(rec))
 
     run_command(body)
 
 
+def _print_history(found: CoevolveHistory) -> None:
+    table = Table(title="co-evolution cycles")
+    columns = ("task", "cycle", "status", "new fb", "snapshot", "candidate", "ROUGE-L cand/prod",
+               "CE-F1 cand/prod", "CI of gain", "production after", "finished")  # fmt: skip
+    for col in columns:
+        table.add_column(col, overflow="fold")
+    for r in found.cycles:
+        boot = (r.decision or {}).get("bootstrap") or {}
+        table.add_row(
+            r.task,
+            str(r.cycle),
+            r.status,
+            str(r.inputs.get("new_feedback_events", "-")),
+            r.snapshot_ref or "-",
+            r.candidate_ref or "-",
+            f"{_fmt(r.candidate_metrics.get('rouge_l'))} / {_fmt(r.production_metrics.get('rouge_l'))}",
+            f"{_fmt(r.candidate_metrics.get('ce_f1'))} / {_fmt(r.production_metrics.get('ce_f1'))}",
+            f"[{boot['ci_low']:+.4f}, {boot['ci_high']:+.4f}]" if boot else "-",
+            r.production_after or "-",
+            r.finished_at,
+        )
+    out.print(table)
+    for r in found.cycles:
+        out.print(f"cycle {r.cycle} ({r.task}, {r.status}): " + "; ".join(r.reasons), highlight=False)
+    if found.plot:
+        out.print(f"plot: {found.plot}", highlight=False)
+    elif not found.cycles:
+        out.print("no co-evolution cycle yet: run `sage-health coevolve --eval-file FILE`", highlight=False)
+
+
 @coevolve_app.command("history")
+@session_command
 def history_cmd(
+    cli: Cli,
     task: Annotated[str | None, typer.Option("--task", help="Only this task's cycles.")] = None,
     plot: Annotated[
         Path | None, typer.Option("--plot", help="Write the metric-per-cycle plot here (default: in the store).")
     ] = None,
-    store: StoreOpt = None,
-    as_: AsOpt = None,
-    purpose: PurposeOpt = None,
-    as_json: JsonOpt = False,
 ) -> None:
     """Every cycle: inputs, candidate, metrics, decision and why, with a plot of the primary metric across cycles."""
 
     def body() -> None:
-        settings = settings_for(store, as_, purpose)
-        if not settings.db_path.is_file():
-            raise ValidationError(f"no store at {settings.store}")
-        records = history(settings, task)
-        target = plot or settings.store / "coevolve" / f"history-{task or 'all'}.png"
-        plotted = plot_history(records, target) if records else None
-        if as_json:
-            echo_json({"cycles": [r.as_dict() for r in records], "plot": str(plotted) if plotted else None})
-            return
-        table = Table(title="co-evolution cycles")
-        columns = ("task", "cycle", "status", "new fb", "snapshot", "candidate", "ROUGE-L cand/prod",
-                   "CE-F1 cand/prod", "CI of gain", "production after", "finished")  # fmt: skip
-        for col in columns:
-            table.add_column(col, overflow="fold")
-        for r in records:
-            boot = (r.decision or {}).get("bootstrap") or {}
-            table.add_row(
-                r.task,
-                str(r.cycle),
-                r.status,
-                str(r.inputs.get("new_feedback_events", "-")),
-                r.snapshot_ref or "-",
-                r.candidate_ref or "-",
-                f"{_fmt(r.candidate_metrics.get('rouge_l'))} / {_fmt(r.production_metrics.get('rouge_l'))}",
-                f"{_fmt(r.candidate_metrics.get('ce_f1'))} / {_fmt(r.production_metrics.get('ce_f1'))}",
-                f"[{boot['ci_low']:+.4f}, {boot['ci_high']:+.4f}]" if boot else "-",
-                r.production_after or "-",
-                r.finished_at,
-            )
-        out.print(table)
-        for r in records:
-            out.print(f"cycle {r.cycle} ({r.task}, {r.status}): " + "; ".join(r.reasons), highlight=False)
-        if plotted:
-            out.print(f"plot: {plotted}", highlight=False)
-        elif not records:
-            out.print("no co-evolution cycle yet: run `sage-health coevolve --eval-file FILE`", highlight=False)
+        with cli.session(must_exist=True) as session:
+            found = service.history(session, task=task, plot=plot)
+        cli.emit(found.as_dict(), lambda: _print_history(found))
 
     run_command(body)
 
 
+def _print_replay(result: ReplayResult) -> None:
+    out.print(
+        f"replayed {result.replayed} studies ({result.edited} edited, {result.approved} approved as drafted, "
+        f"{result.rejected} rejected), {result.already} already replayed, skipped {result.skipped or 0}, "
+        f"{result.seconds:.0f} s",
+        highlight=False,
+    )
+
+
 @coevolve_app.command("replay")
+@session_command
 def replay_cmd(
+    cli: Cli,
     train_file: Annotated[Path, typer.Option("--train-file", help="reports.jsonl-format studies to replay.")],
     offset: Annotated[int, typer.Option("--offset", min=0, help="Skip this many studies first.")] = 0,
     limit: Annotated[int, typer.Option("--limit", min=1, help="Replay at most this many studies.")] = 100,
     model: Annotated[
         str, typer.Option("--model", help="Model that drafts (default: extractive, fast).")
     ] = "extractive",
-    store: StoreOpt = None,
-    as_: AsOpt = None,
-    purpose: PurposeOpt = None,
-    as_json: JsonOpt = False,
 ) -> None:
     """Simulate radiologist feedback: draft each study through the radiology workflow and approve it with the
     study's reference report as the radiologist's edit (acting as a clinician with purpose treatment)."""
 
     def body() -> None:
-        settings = settings_for(store, as_, purpose)
-        studies = load_report_file(train_file)[offset : offset + limit]
-        with open_store(settings, must_exist=False) as raw:
-            ctx = AgentContext.create(settings, open_governed(settings, raw))
-            result = replay_studies(ctx, ctx, studies, model=model)
-        if as_json:
-            echo_json(result.as_dict())
-            return
-        out.print(
-            f"replayed {result.replayed} studies ({result.edited} edited, {result.approved} approved as drafted, "
-            f"{result.rejected} rejected), {result.already} already replayed, skipped {result.skipped or 0}, "
-            f"{result.seconds:.0f} s",
-            highlight=False,
-        )
+        with cli.session() as session:
+            result = service.replay(session, train_file=train_file, offset=offset, limit=limit, model=model)
+        cli.emit(result.as_dict(), lambda: _print_replay(result))
         for problem in result.problems:
             err.print(problem, highlight=False)
 

@@ -24,6 +24,7 @@ from sage_health.core.errors import SageError
 from sage_health.data.governance.access import GovernedStore, open_governed
 from sage_health.data.governance.policy import Action
 from sage_health.data.store.factory import open_store
+from sage_health.data.store.health import require_store
 from sage_health.services.session import Credentials, Runtime, Session, open_session
 
 out = Console()
@@ -93,10 +94,13 @@ class Cli:
     def settings(self) -> Settings:
         return settings_for(self.store, self.principal, self.purpose)
 
-    def session(self, *, runtime: Runtime | None = None) -> Session:
+    def session(self, *, runtime: Runtime | None = None, must_exist: bool = False) -> Session:
         """The authenticated session: the principal comes from ``SAGE_TOKEN`` on a store that requires
-        credentials, from ``--as`` on a local store without authentication."""
+        credentials, from ``--as`` on a local store without authentication. ``must_exist``: a command that only
+        reads refuses a store that does not exist yet (opening a session would otherwise create it)."""
         settings = self.settings()
+        if must_exist:
+            require_store(settings)
         return open_session(settings, Credentials.from_settings(settings, channel="cli"), runtime=runtime)
 
     def emit(self, payload: Any, render: Callable[[], None]) -> None:
@@ -105,6 +109,14 @@ class Cli:
             echo_json(payload)
         else:
             render()
+
+
+def session_as(settings: Settings, principal: str, purpose: str, *, runtime: Runtime | None = None) -> Session:
+    """A session acting as ``principal`` for ``purpose`` over the store of ``settings`` (the demo plays several
+    built-in roles on a local store; on a store that requires credentials ``SAGE_TOKEN`` must be that principal's).
+    """
+    acting = settings.model_copy(update={"principal": principal, "purpose": purpose})
+    return open_session(acting, Credentials.from_settings(acting, channel="cli"), runtime=runtime)
 
 
 def session_command(fn: F) -> F:

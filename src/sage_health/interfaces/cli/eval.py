@@ -1,38 +1,23 @@
-"""``sage-health`` evaluation commands: ``eval report|qa|labeler|split-iu`` and ``label``."""
+"""``sage-health`` evaluation commands: ``eval report|qa|labeler|deid|split-iu`` and ``label``.
+
+Each command parses its options, calls one use case of :mod:`sage_health.services.evaluations` and renders it.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from sage_health.core.config import Settings
 from sage_health.core.errors import EvaluationError
-from sage_health.data.embed import embedder_for
-from sage_health.interfaces.cli.common import (
-    AsOpt,
-    JsonOpt,
-    PurposeOpt,
-    StoreOpt,
-    echo_json,
-    err,
-    evaluation_access,
-    out,
-    run_command,
-    settings_for,
-)
-from sage_health.models.catalog import GeneratorPool
-from sage_health.models.evaluation.harness import (
-    EvalOutcome,
-    run_qa_eval,
-    run_report_eval,
-    write_r2gen_splits,
-)
-from sage_health.models.evaluation.labeler import OBSERVATIONS, CheXpertLabeler
-from sage_health.models.registry import ModelRegistry
+from sage_health.interfaces.cli.common import Cli, JsonOpt, echo_json, err, out, run_command, session_command
+from sage_health.models.evaluation.harness import EvalOutcome
+from sage_health.models.evaluation.labeler import OBSERVATIONS
+from sage_health.services import evaluations
+from sage_health.services.evaluations import outcome_summary
 
 ModelOpt = Annotated[str, typer.Option("--model", help="NAME[@VERSION] from the registry, or a built-in backend.")]
 LimitOpt = Annotated[int | None, typer.Option("--limit", min=1, help="Evaluate a seeded sample of N test items.")]
@@ -46,10 +31,6 @@ LabelerDirOpt = Annotated[
 ]
 
 
-def _labeler(settings: Settings, labeler_dir: Path | None) -> CheXpertLabeler:
-    return CheXpertLabeler.from_dir(labeler_dir or settings.data_dir / "chexpert_labeler")
-
-
 def _progress() -> Progress:
     return Progress(
         TextColumn("[bold]{task.description}"),
@@ -60,24 +41,6 @@ def _progress() -> Progress:
         console=err,
         transient=True,
     )
-
-
-def _summary(outcome: EvalOutcome) -> dict[str, Any]:
-    run = outcome.run
-    return {
-        "run_id": run.run_id,
-        "model": run.model_label,
-        "eval_set": outcome.eval_set,
-        "task": run.task,
-        "seed": run.seed,
-        "config": run.config,
-        "metrics": run.metrics,
-        "report": {
-            "json": str(outcome.files.json_path),
-            "markdown": str(outcome.files.markdown_path),
-            "html": str(outcome.files.html_path),
-        },
-    }
 
 
 def _print_summary(outcome: EvalOutcome, keys: list[tuple[str, str]]) -> None:
@@ -93,7 +56,9 @@ def _print_summary(outcome: EvalOutcome, keys: list[tuple[str, str]]) -> None:
     out.print(f"report: {outcome.files.html_path}")
 
 
+@session_command
 def eval_report(
+    cli: Cli,
     train: Annotated[Path, typer.Option("--train", help="reports.jsonl-format file: exemplar memory only.")],
     test: Annotated[Path, typer.Option("--test", help="reports.jsonl-format file to evaluate on.")],
     model: ModelOpt,
@@ -106,52 +71,30 @@ def eval_report(
     labeler_dir: LabelerDirOpt = None,
     drop_leaks: DropLeaksOpt = False,
     out_dir: OutOpt = None,
-    store: StoreOpt = None,
-    as_: AsOpt = None,
-    purpose: PurposeOpt = None,
-    as_json: JsonOpt = False,
 ) -> None:
     """Report generation: BLEU-1..4, ROUGE-L, distinct-output ratio and CheXpert CE metrics vs the references."""
 
     def body() -> None:
-        settings = settings_for(store, as_, purpose)
-        governed = evaluation_access(settings)
-        registry = ModelRegistry(settings.db_path)
-        mv, gen = GeneratorPool(settings, registry).get(model)
-        embedder = embedder_for(settings)
-        with _progress() as bar:
-            job = bar.add_task(f"{mv.ref} {task}", total=None)
-            outcome = run_report_eval(
-                train_file=train,
-                test_file=test,
-                task=task,
-                model=mv,
-                generator=gen,
-                registry=registry,
-                labeler=_labeler(settings, labeler_dir),
-                embedder=embedder,
-                out_dir=out_dir or settings.store / "evals",
-                limit=limit,
-                seed=seed,
-                exemplars=exemplars,
-                drop_leaks=drop_leaks,
-                progress=lambda done, total: bar.update(job, completed=done, total=total),
-            )
-        governed.log("evaluate", detail={"model": mv.ref, "eval_set": outcome.eval_set, "test_file": test.name})
-        if as_json:
-            echo_json(_summary(outcome))
-            return
-        _print_summary(
-            outcome,
+        with cli.session() as session, _progress() as bar:
+            job = bar.add_task(f"{model} {task}", total=None)
+            outcome = evaluations.evaluate_report(
+                session, train=train, test=test, model=model, task=task, limit=limit, seed=seed,
+                exemplars=exemplars, labeler_dir=labeler_dir, drop_leaks=drop_leaks, out_dir=out_dir,
+                on_progress=lambda done, total: bar.update(job, completed=done, total=total),
+            )  # fmt: skip
+        keys = (
             [("text", k) for k in ("bleu_1", "bleu_4", "rouge_l", "distinct_output_ratio")]
             + [("ce", k) for k in ("micro_f1", "macro_f1", "common_micro_f1", "common_macro_f1")]
-            + [("run", k) for k in ("n_items", "generation_failures", "leaked_test_items_dropped")],
+            + [("run", k) for k in ("n_items", "generation_failures", "leaked_test_items_dropped")]
         )
+        cli.emit(outcome_summary(outcome), lambda: _print_summary(outcome, keys))
 
     run_command(body)
 
 
+@session_command
 def eval_qa(
+    cli: Cli,
     file: Annotated[Path, typer.Option("--file", help="The test file (PubMedQA ori_pqal_*.json or MIRAGE json).")],
     fmt: Annotated[Literal["pubmedqa", "mirage"], typer.Option("--format", help="pubmedqa or mirage.")],
     model: ModelOpt,
@@ -165,92 +108,48 @@ def eval_qa(
     seed: SeedOpt = 13,
     drop_leaks: DropLeaksOpt = False,
     out_dir: OutOpt = None,
-    store: StoreOpt = None,
-    as_: AsOpt = None,
-    purpose: PurposeOpt = None,
-    as_json: JsonOpt = False,
 ) -> None:
     """Multiple-choice / yes-no-maybe QA: accuracy and macro-F1 beside majority and random baselines."""
 
     def body() -> None:
-        settings = settings_for(store, as_, purpose)
-        governed = evaluation_access(settings)
-        registry = ModelRegistry(settings.db_path)
-        mv, gen = GeneratorPool(settings, registry).get(model)
-        with _progress() as bar:
-            job = bar.add_task(f"{mv.ref} {fmt}", total=None)
-            outcome = run_qa_eval(
-                test_file=file,
-                fmt=fmt,
-                model=mv,
-                generator=gen,
-                registry=registry,
-                out_dir=out_dir or settings.store / "evals",
-                retrieval=retrieval == "on",
-                train_file=train,
-                limit=limit,
-                seed=seed,
-                drop_leaks=drop_leaks,
-                progress=lambda done, total: bar.update(job, completed=done, total=total),
-            )
-        governed.log("evaluate", detail={"model": mv.ref, "eval_set": outcome.eval_set, "test_file": file.name})
-        if as_json:
-            echo_json(_summary(outcome))
-            return
-        _print_summary(
-            outcome,
-            [("qa", k) for k in ("accuracy", "macro_f1", "invalid_predictions", "n_items")]
-            + [("qa_baselines", k) for k in ("majority_accuracy", "random_accuracy")],
-        )
+        with cli.session() as session, _progress() as bar:
+            job = bar.add_task(f"{model} {fmt}", total=None)
+            outcome = evaluations.evaluate_qa(
+                session, file=file, fmt=fmt, model=model, retrieval=retrieval == "on", train=train, limit=limit,
+                seed=seed, drop_leaks=drop_leaks, out_dir=out_dir,
+                on_progress=lambda done, total: bar.update(job, completed=done, total=total),
+            )  # fmt: skip
+        keys = [("qa", k) for k in ("accuracy", "macro_f1", "invalid_predictions", "n_items")] + [
+            ("qa_baselines", k) for k in ("majority_accuracy", "random_accuracy")
+        ]
+        cli.emit(outcome_summary(outcome), lambda: _print_summary(outcome, keys))
 
     run_command(body)
 
 
+@session_command
 def eval_labeler(
+    cli: Cli,
     data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Public data (default SAGE_DATA_DIR).")] = None,
-    store: StoreOpt = None,
-    as_: AsOpt = None,
-    purpose: PurposeOpt = None,
-    as_json: JsonOpt = False,
 ) -> None:
     """Validate the CheXpert-style labeler: vs the CheXpert labeler's own outputs and vs IU X-ray MeSH terms.
     Policy: ``evaluate``."""
 
     def body() -> None:
-        from sage_health.models.evaluation.labeler_validation import (
-            validate_against_iu_mesh,
-            validate_against_labeled_reports,
-        )
+        with cli.session() as session:
+            result = evaluations.evaluate_labeler(session, data_dir=data_dir)
 
-        settings = settings_for(store, as_, purpose)
-        governed = evaluation_access(settings)
-        root = data_dir or settings.data_dir
-        labeler = CheXpertLabeler.from_dir(root / "chexpert_labeler")
-        chexpert = validate_against_labeled_reports(labeler, root / "chexpert_labeler")
-        mesh = validate_against_iu_mesh(labeler, root)
-        payload = {
-            "chexpert_labeled_reports": chexpert.model_dump(mode="json"),
-            "iu_mesh": mesh.model_dump(mode="json"),
-        }
-        governed.log("evaluate", detail={"task": "labeler", "iu_reports": mesh.n_reports})
-        if as_json:
-            echo_json(payload)
-            return
-        table = Table(title=f"labeler vs IU X-ray MeSH ({mesh.n_reports} reports)")
-        for col in ("observation", "support", "precision", "recall", "F1", "TP", "FP", "FN"):
-            table.add_column(col, justify="right" if col != "observation" else "left")
-        for m in mesh.per_observation:
-            table.add_row(
-                m.observation,
-                str(m.tp + m.fn),
-                f"{m.precision:.3f}",
-                f"{m.recall:.3f}",
-                f"{m.f1:.3f}",
-                str(m.tp),
-                str(m.fp),
-                str(m.fn),
-            )
-        out.print(table)
+        def render() -> None:
+            mesh = result.mesh
+            table = Table(title=f"labeler vs IU X-ray MeSH ({mesh.n_reports} reports)")
+            for col in ("observation", "support", "precision", "recall", "F1", "TP", "FP", "FN"):
+                table.add_column(col, justify="right" if col != "observation" else "left")
+            for m in mesh.per_observation:
+                table.add_row(m.observation, str(m.tp + m.fn), f"{m.precision:.3f}", f"{m.recall:.3f}",
+                              f"{m.f1:.3f}", str(m.tp), str(m.fp), str(m.fn))  # fmt: skip
+            out.print(table)
+
+        cli.emit(result.as_dict(), render)
 
     run_command(body)
 
@@ -264,13 +163,12 @@ def split_iu(
     """Write the R2Gen train/val splits of a reports.jsonl file (lines copied byte for byte)."""
 
     def body() -> None:
-        paths = write_r2gen_splits(reports, annotation, out_dir)
-        counts = {split: sum(1 for _ in p.open(encoding="utf-8")) for split, p in paths.items()}
+        files = evaluations.split_iu(reports, annotation, out_dir)
         if as_json:
-            echo_json({split: {"path": str(p), "studies": counts[split]} for split, p in paths.items()})
+            echo_json({f.split: {"path": str(f.path), "studies": f.studies} for f in files})
         else:
-            for split, p in paths.items():
-                out.print(f"{split}: {counts[split]} studies -> {p}")
+            for f in files:
+                out.print(f"{f.split}: {f.studies} studies -> {f.path}")
 
     run_command(body)
 
@@ -287,18 +185,17 @@ def label(
         if (text is None) == (file is None):
             raise EvaluationError("give the report either as TEXT or with --file, not both")
         report = text if text is not None else _read(file)
-        result = _labeler(settings_for(None), labeler_dir).label(report)
-        labels = {obs: result.labels[obs].value for obs in OBSERVATIONS}
-        evidence = {obs: ev.explain() for obs, ev in result.evidence.items()}
+        result = evaluations.label_report(report, labeler_dir=labeler_dir or Cli().settings().data_dir
+                                          / "chexpert_labeler")  # fmt: skip
         if as_json:
-            echo_json({"labels": labels, "evidence": evidence})
+            echo_json(result.as_dict())
             return
         table = Table(title="CheXpert observations")
         table.add_column("observation")
         table.add_column("label")
         table.add_column("evidence")
         for obs in OBSERVATIONS:
-            table.add_row(obs, labels[obs], evidence.get(obs, ""))
+            table.add_row(obs, result.labels[obs], result.evidence.get(obs, ""))
         out.print(table)
 
     run_command(body)
@@ -313,7 +210,9 @@ def _read(path: Path | None) -> str:
         raise EvaluationError(f"{path}: cannot read as UTF-8 text ({type(exc).__name__})") from exc
 
 
+@session_command
 def eval_deid(
+    cli: Cli,
     file: Annotated[
         Path | None,
         typer.Option("--file", help="Presidio-format JSON (default SAGE_DATA_DIR/presidio_synthetic_pii/*_dev.json)."),
@@ -323,27 +222,16 @@ def eval_deid(
         typer.Option("--mode", help="Also de-identify in this mode (tag|surrogate|shift) and count surviving values."),
     ] = None,
     data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Public data (default SAGE_DATA_DIR).")] = None,
-    store: StoreOpt = None,
-    as_: AsOpt = None,
-    purpose: PurposeOpt = None,
-    as_json: JsonOpt = False,
 ) -> None:
     """Evaluate de-identification: span P/R/F1 per entity (strict + relaxed) and eponym over-redaction.
     Policy: ``evaluate``."""
 
     def body() -> None:
-        from sage_health.data.governance.deid import DEID_MODES, PresidioDeidentifier, deid_key
-        from sage_health.data.governance.deid_eval import evaluate, rows
+        from sage_health.data.governance.deid_eval import rows
 
-        if mode is not None and mode not in DEID_MODES:
-            raise EvaluationError(f"unknown --mode {mode!r}; use one of {', '.join(DEID_MODES)}")
-        settings = settings_for(store, as_, purpose)
-        governed = evaluation_access(settings)
-        root = data_dir or settings.data_dir
-        deidentifier = PresidioDeidentifier(deid_key(settings))
-        result = evaluate(deidentifier, root, file=file, mode=mode)
-        governed.log("evaluate", detail={"task": "deid", "file": Path(result.spans.file).name, "mode": mode})
-        if as_json:
+        with cli.session() as session:
+            result = evaluations.evaluate_deid(session, file=file, mode=mode, data_dir=data_dir)
+        if cli.as_json:
             echo_json(result.model_dump(mode="json"))
             return
         spans = result.spans

@@ -1,42 +1,21 @@
-"""``sage-health train ...``: training commands (``train image-model``: the chest X-ray image model)."""
+"""``sage-health train ...``: training commands (``train image-model``: the chest X-ray image model).
+
+The use case (policy, consent, lineage, registration, audit) is :func:`sage_health.services.training.train_image`.
+"""
 
 from __future__ import annotations
 
-import getpass
-import os
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from sage_health.core.errors import PolicyViolation
-from sage_health.data.governance.access import open_governed
-from sage_health.data.governance.policy import Action
-from sage_health.data.store.factory import open_store
-from sage_health.interfaces.cli.common import (
-    AsOpt,
-    JsonOpt,
-    PurposeOpt,
-    StoreOpt,
-    echo_json,
-    err,
-    out,
-    run_command,
-    settings_for,
-)
-from sage_health.models.evaluation.labeler import OBSERVATIONS, CheXpertLabeler
-from sage_health.models.imaging.training import TrainResult, train_image_model
+from sage_health.interfaces.cli.common import Cli, err, out, run_command, session_command
+from sage_health.models.evaluation.labeler import OBSERVATIONS
+from sage_health.models.imaging.training import TrainResult
+from sage_health.services.training import ImageModelRequest, TrainingProgress, train_image
 
 train_app = typer.Typer(help="Train models on the data in the store.", no_args_is_help=True)
-
-
-def _actor(by: str | None) -> str:
-    if by:
-        return by
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return os.environ.get("USER", "unknown")
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
@@ -78,8 +57,9 @@ def _print_result(result: TrainResult) -> None:
 
 
 @train_app.command("image-model")
+@session_command
 def image_model(
-    store: StoreOpt = None,
+    cli: Cli,
     epochs: Annotated[int, typer.Option("--epochs", min=1, help="Passes over the training images.")] = 5,
     image_size: Annotated[int, typer.Option("--image-size", min=32, help="Input side in pixels.")] = 224,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per optimiser step.")] = 16,
@@ -93,41 +73,24 @@ def image_model(
     by: Annotated[
         str | None, typer.Option("--by", help="Who trains it: must be the acting principal when given.")
     ] = None,
-    as_: AsOpt = None,
-    purpose: PurposeOpt = None,
-    as_json: JsonOpt = False,
 ) -> None:
     """Train the chest X-ray model (MONAI DenseNet121) on the store's chest images and register it as a candidate.
 
     Labels: each image's report (CheXpert-style labeler on findings + impression) or its dataset labels. About
-    20% of patients are held out; their masked loss and per-observation AUROC are recorded with the model.
+    20% of patients are held out; their masked loss and per-observation AUROC are recorded with the model. The
+    model's lineage names every record it was trained on (an erasure of one of those patients taints it).
     """
 
     def body() -> None:
-        settings = settings_for(store, as_, purpose)
-        labeler = CheXpertLabeler.from_data_dir(settings.data_dir)
-        with open_store(settings) as raw:
-            st = open_governed(settings, raw).acting(Action.TRAIN)
-            if by and by != st.access.principal.name:
-                raise PolicyViolation(f"--by {by!r} differs from the acting principal {st.access.principal.name!r}")
-            err.print(f"training image model on the chest images in {settings.store} ...", highlight=False)
-            result = train_image_model(
-                settings,
-                st,
-                labeler,
-                epochs=epochs,
-                image_size=image_size,
-                batch_size=batch_size,
-                seed=seed,
-                limit=limit,
-                name=name,
-                actor=st.access.principal.name,
-            )
-            st.log(Action.TRAIN.value, detail={"model": result.ref, "train_images": result.n_train})
-        if as_json:
-            payload: dict[str, Any] = result.model_dump(mode="json")
-            echo_json(payload)
-            return
-        _print_result(result)
+        request = ImageModelRequest(epochs=epochs, image_size=image_size, batch_size=batch_size, limit=limit,
+                                    seed=seed, name=name, by=by)  # fmt: skip
+
+        def note(event: TrainingProgress) -> None:
+            if event.message is not None:
+                err.print(event.message, highlight=False)
+
+        with cli.session(must_exist=True) as session:
+            result = train_image(session, request, on_progress=note)
+        cli.emit(result.model_dump(mode="json"), lambda: _print_result(result))
 
     run_command(body)

@@ -1,31 +1,22 @@
-"""``sage-health`` commands of the model layer: ``models ...``, ``generate``, ``serve``."""
+"""``sage-health`` commands of the model layer: ``models ...``, ``generate``, ``serve``.
+
+Each command parses its options, calls one use case of :mod:`sage_health.services.models` or
+:mod:`sage_health.services.generation` and renders the result.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from sage_health.core.config import Settings
-from sage_health.core.errors import PolicyViolation, SageError
-from sage_health.data.governance.policy import Action
-from sage_health.interfaces.cli.common import (
-    AsOpt,
-    JsonOpt,
-    PurposeOpt,
-    StoreOpt,
-    echo_json,
-    err,
-    evaluation_access,
-    out,
-    run_command,
-    settings_for,
-)
-from sage_health.models.catalog import BUILTIN_MODELS, GeneratorPool, resolve_model
+from sage_health.core.errors import SageError
+from sage_health.interfaces.cli.common import AsOpt, Cli, StoreOpt, err, out, run_command, session_command, settings_for
 from sage_health.models.generation.base import ChatMessage, GenerationParams
-from sage_health.models.registry import ModelRegistry, ModelVersion
+from sage_health.services import generation, models
+from sage_health.services.models import ModelEntry
 
 models_app = typer.Typer(help="The model registry: versions, lineage, evaluations, stages.", no_args_is_help=True)
 
@@ -35,80 +26,52 @@ ActorOpt = Annotated[
 ReasonOpt = Annotated[str | None, typer.Option("--reason", help="Why (kept in the model's event log).")]
 
 
-def _actor(settings: Settings, by: str | None, action: Action) -> str:
-    """The acting principal, checked by the policy engine for ``action`` (audited by the caller)."""
-    governed = evaluation_access(settings, action)
-    name = governed.access.principal.name
-    if by and by != name:
-        raise PolicyViolation(f"--by {by!r} differs from the acting principal {name!r}; act as {by!r} with --as")
-    return name
-
-
-def _audit(settings: Settings, action: Action, ref: str, **detail: Any) -> None:
-    governed = evaluation_access(settings, action)
-    governed.log(action.value, detail={"model": ref, **detail})
-
-
-def _registry(store: Path | None) -> ModelRegistry:
-    return ModelRegistry(settings_for(store).db_path)
-
-
-def _version_json(mv: ModelVersion) -> dict[str, Any]:
-    return mv.model_dump(mode="json") | {"ref": mv.ref}
+def _print_entries(entries: list[ModelEntry]) -> None:
+    table = Table(title="models")
+    for col in ("model", "stage", "backend", "snapshot", "evaluations", "created", "tainted"):
+        table.add_column(col)
+    for e in entries:
+        v = e.version
+        evals = ", ".join(sorted({ev.eval_set for ev in v.evaluations})) or "-"
+        table.add_row(v.ref, v.stage, v.backend, v.dataset_snapshot_id or "-", evals, v.created_at,
+                      f"[red]yes[/]: {e.taint}" if e.taint else "")  # fmt: skip
+    out.print(table)
 
 
 @models_app.command("list")
+@session_command
 def models_list(
+    cli: Cli,
     name: Annotated[str | None, typer.Argument(help="Only versions of this model.")] = None,
-    store: StoreOpt = None,
-    as_json: JsonOpt = False,
 ) -> None:
     """Registered model versions (built-in base models are registered on first use)."""
 
     def body() -> None:
-        reg = _registry(store)
-        for builtin in ("smollm2", "extractive"):
-            resolve_model(reg, builtin)
-        versions = reg.list_versions(name)
-        taints = {v.ref: reg.taint(v) for v in versions}
-        if as_json:
-            echo_json([_version_json(v) | {"tainted": taints[v.ref]} for v in versions])
-            return
-        table = Table(title="models")
-        for col in ("model", "stage", "backend", "snapshot", "evaluations", "created", "tainted"):
-            table.add_column(col)
-        for v in versions:
-            evals = ", ".join(sorted({e.eval_set for e in v.evaluations})) or "-"
-            taint = taints[v.ref]
-            table.add_row(v.ref, v.stage, v.backend, v.dataset_snapshot_id or "-", evals, v.created_at,
-                          f"[red]yes[/]: {taint}" if taint else "")  # fmt: skip
-        out.print(table)
+        with cli.session() as session:
+            entries = models.list_models(session, name)
+        cli.emit([e.as_dict() for e in entries], lambda: _print_entries(entries))
 
     run_command(body)
 
 
 @models_app.command("show")
-def models_show(
-    ref: Annotated[str, typer.Argument(help="NAME or NAME@VERSION.")],
-    store: StoreOpt = None,
-    as_json: JsonOpt = False,
-) -> None:
+@session_command
+def models_show(cli: Cli, ref: Annotated[str, typer.Argument(help="NAME or NAME@VERSION.")]) -> None:
     """One model version: lineage, config, metrics per evaluation set, stage history."""
 
     def body() -> None:
-        reg = _registry(store)
-        mv = resolve_model(reg, ref)
-        payload = _version_json(mv) | {"events": [e.model_dump() for e in reg.events(mv.name)]}
-        if as_json:
-            echo_json(payload)
-            return
-        out.print_json(data=payload)
+        with cli.session() as session:
+            detail = models.show_model(session, ref)
+        payload = detail.as_dict()
+        cli.emit(payload, lambda: out.print_json(data=payload))
 
     run_command(body)
 
 
 @models_app.command("register")
+@session_command
 def models_register(
+    cli: Cli,
     name: Annotated[str, typer.Argument(help="Model name (e.g. cxr-impression).")],
     backend: Annotated[str, typer.Option("--backend", help="Generator backend (smollm2, openai, llamacpp, ...).")],
     version: Annotated[str | None, typer.Option("--version", help="Default: the next integer.")] = None,
@@ -117,91 +80,78 @@ def models_register(
     exemplars: Annotated[int, typer.Option("--exemplars", min=0, help="In-context exemplars per input.")] = 0,
     description: Annotated[str | None, typer.Option("--description")] = None,
     by: ActorOpt = None,
-    store: StoreOpt = None,
-    as_: AsOpt = None,
-    purpose: PurposeOpt = None,
-    as_json: JsonOpt = False,
 ) -> None:
     """Register a new candidate version (policy: ``train``)."""
 
     def body() -> None:
-        settings = settings_for(store, as_, purpose)
-        actor = _actor(settings, by, Action.TRAIN)
-        base = BUILTIN_MODELS.get(backend)
-        mv = ModelRegistry(settings.db_path).register(
-            name,
-            backend=backend,
-            version=version,
-            base_model=base.base_model if base else None,
-            adapter_path=adapter,
-            dataset_snapshot_id=snapshot,
-            config={"exemplars": exemplars},
-            description=description,
-            actor=actor,
-        )
-        _audit(settings, Action.TRAIN, mv.ref, registered=True)
-        if as_json:
-            echo_json(_version_json(mv))
-        else:
-            out.print(f"registered {mv.ref} ({mv.stage})")
+        with cli.session() as session:
+            entry = models.register_model(session, name, backend=backend, version=version, adapter=adapter,
+                                          snapshot=snapshot, exemplars=exemplars, description=description,
+                                          by=by)  # fmt: skip
+        cli.emit(entry.as_dict(), lambda: out.print(f"registered {entry.ref} ({entry.version.stage})"))
 
     run_command(body)
 
 
 @models_app.command("promote")
+@session_command
 def models_promote(
+    cli: Cli,
     ref: Annotated[str, typer.Argument(help="NAME@VERSION to put in production.")],
     by: ActorOpt = None,
     reason: ReasonOpt = None,
-    store: StoreOpt = None,
-    as_: AsOpt = None,
-    purpose: PurposeOpt = None,
-    as_json: JsonOpt = False,
 ) -> None:
-    """Promote a version to production (refused without an evaluation on production's evaluation sets).
-    Policy: ``promote`` (admins)."""
+    """Promote a version to production (refused without an evaluation on production's evaluation sets, and for a
+    tainted version). Policy: ``promote`` (admins)."""
 
     def body() -> None:
-        settings = settings_for(store, as_, purpose)
-        actor = _actor(settings, by, Action.PROMOTE)
-        reg = ModelRegistry(settings.db_path)
-        mv = resolve_model(reg, ref)
-        promoted = reg.promote(mv.name, mv.version, actor=actor, reason=reason)
-        _audit(settings, Action.PROMOTE, promoted.ref, stage="production")
-        if as_json:
-            echo_json(_version_json(promoted))
-        else:
-            out.print(f"{promoted.ref} is now production (by {promoted.promoted_by})")
+        with cli.session() as session:
+            entry = models.promote_model(session, ref, by=by, reason=reason)
+        cli.emit(entry.as_dict(), lambda: out.print(f"{entry.ref} is now production (by {entry.version.promoted_by})"))
 
     run_command(body)
 
 
 @models_app.command("rollback")
+@session_command
 def models_rollback(
+    cli: Cli,
     name: Annotated[str, typer.Argument(help="Model name.")],
     by: ActorOpt = None,
     reason: ReasonOpt = None,
-    store: StoreOpt = None,
-    as_: AsOpt = None,
-    purpose: PurposeOpt = None,
-    as_json: JsonOpt = False,
 ) -> None:
-    """Restore the previous production version (the current one is archived). Policy: ``promote``."""
+    """Restore the previous production version (the current one is archived); refused when that version is
+    tainted. Policy: ``promote``."""
 
     def body() -> None:
-        settings = settings_for(store, as_, purpose)
-        actor = _actor(settings, by, Action.PROMOTE)
-        restored = ModelRegistry(settings.db_path).rollback(name, actor=actor, reason=reason)
-        _audit(settings, Action.PROMOTE, restored.ref, rollback=True)
-        if as_json:
-            echo_json(_version_json(restored))
-        else:
-            out.print(f"{restored.ref} is production again")
+        with cli.session() as session:
+            entry = models.rollback_model(session, name, by=by, reason=reason)
+        cli.emit(entry.as_dict(), lambda: out.print(f"{entry.ref} is production again"))
 
     run_command(body)
 
 
+@models_app.command("archive")
+@session_command
+def models_archive(
+    cli: Cli,
+    ref: Annotated[str, typer.Argument(help="NAME@VERSION to archive (not the production version).")],
+    by: ActorOpt = None,
+    reason: ReasonOpt = None,
+) -> None:
+    """Archive a candidate version (it stays listed with its lineage and metrics). Policy: ``promote``."""
+
+    def body() -> None:
+        with cli.session() as session:
+            entry = models.archive_model(session, ref, by=by, reason=reason)
+        cli.emit(entry.as_dict(), lambda: out.print(f"{entry.ref} is archived"))
+
+    run_command(body)
+
+
+@session_command
 def generate(
+    cli: Cli,
     prompt: Annotated[str, typer.Argument(help="The user message.")],
     model: Annotated[
         str | None, typer.Option("--model", help="NAME[@VERSION] or a built-in backend (default SAGE_GENERATOR).")
@@ -209,30 +159,26 @@ def generate(
     system: Annotated[str | None, typer.Option("--system", help="A system message.")] = None,
     max_tokens: Annotated[int, typer.Option("--max-tokens", min=1, max=8192)] = 128,
     temperature: Annotated[float, typer.Option("--temperature", min=0.0, max=2.0)] = 0.0,
-    store: StoreOpt = None,
-    as_: AsOpt = None,
-    purpose: PurposeOpt = None,
-    as_json: JsonOpt = False,
 ) -> None:
     """Generate one answer with a registered model (greedy by default). Policy: ``generate``; the prompt is
     audited by its sha256 only."""
 
     def body() -> None:
-        settings = settings_for(store, as_, purpose)
-        governed = evaluation_access(settings, Action.GENERATE)
-        _mv, gen = GeneratorPool(settings, ModelRegistry(settings.db_path)).get(model or settings.generator)
         messages = [ChatMessage(role="system", content=system)] if system else []
         messages.append(ChatMessage(role="user", content=prompt))
-        result = gen.generate(messages, GenerationParams(max_new_tokens=max_tokens, temperature=temperature))
-        governed.log(Action.GENERATE.value, query=prompt, detail={"model": f"{result.model_id}@{result.model_version}"})
-        if as_json:
-            echo_json(result.model_dump())
-        else:
+        params = GenerationParams(max_new_tokens=max_tokens, temperature=temperature)
+        with cli.session() as session:
+            done = generation.complete(session, messages, model=model, params=params)
+        result = done.generation
+
+        def render() -> None:
             out.print(result.text, highlight=False, markup=False)
             err.print(
                 f"[dim]{result.model_id}@{result.model_version} · {result.completion_tokens} tokens · "
                 f"{result.latency_s:.2f}s · {result.finish_reason}[/]"
             )
+
+        cli.emit(result.model_dump(), render)
 
     run_command(body)
 

@@ -1,46 +1,34 @@
-"""``sage-health radiology draft|review``, ``sage-health trace RUN_ID`` and ``sage-health runs [resume]``."""
+"""``sage-health radiology draft|review``, ``sage-health trace RUN_ID``, ``sage-health runs [resume]`` and
+``sage-health eval radiology``: parse the options, call :mod:`sage_health.services.radiology` /
+:mod:`sage_health.services.traces`, render the result (``--json``, or panels, trees and tables)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
 from rich.panel import Panel
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.tree import Tree
 
-from sage_health.agents.base import AgentContext
-from sage_health.agents.trace import RunRecord, StepRecord, TraceStore
-from sage_health.apps.radiology.evaluation import comparison_markdown, run_radiology_eval
-from sage_health.apps.radiology.workflow import (
-    DraftOutcome,
-    ReviewOutcome,
-    draft_report,
-    prepare_request,
-    report_text,
-    resume_run,
-    review_draft,
-)
-from sage_health.core.config import Settings
-from sage_health.core.errors import PolicyViolation, StudyInputError
-from sage_health.data.governance.access import GovernedStore, open_governed
-from sage_health.data.governance.policy import Action
-from sage_health.data.store.factory import open_store
-from sage_health.interfaces.cli.common import (
-    AsOpt,
-    JsonOpt,
-    PurposeOpt,
-    StoreOpt,
-    echo_json,
-    evaluation_access,
-    out,
-    run_command,
-    settings_for,
-)
-from sage_health.interfaces.cli.eval import DropLeaksOpt, LimitOpt, OutOpt, SeedOpt, _progress
-from sage_health.models.evaluation.labeler import CheXpertLabeler
-from sage_health.models.registry import ModelRegistry
+from sage_health.core.errors import StudyInputError
+from sage_health.interfaces.cli.common import Cli, err, out, run_command, session_command
+from sage_health.interfaces.cli.eval import DropLeaksOpt, LimitOpt, OutOpt, SeedOpt
+from sage_health.services import radiology as service
+from sage_health.services import traces
+from sage_health.services.radiology import DraftOutcome, RadiologyEvaluation, ReviewOutcome, report_text
+from sage_health.services.traces import RunList, RunRecord, RunTrace, StepRecord
 
 radiology_app = typer.Typer(help="Chest X-ray report drafting with evidence, verification and sign-off.")
 runs_app = typer.Typer(help="Agent runs: list, resume an interrupted run.", invoke_without_command=True)
@@ -84,7 +72,9 @@ def print_outcome(outcome: DraftOutcome) -> None:
 
 
 @radiology_app.command("draft")
+@session_command
 def draft(
+    cli: Cli,
     images: Annotated[list[Path] | None, typer.Option("--images", help="PNG/DICOM files of the study.")] = None,
     indication: Annotated[str | None, typer.Option("--indication", help="The clinical question.")] = None,
     comparison: Annotated[str | None, typer.Option("--comparison", help="Prior study compared with.")] = None,
@@ -98,39 +88,31 @@ def draft(
     out_file: Annotated[
         Path | None, typer.Option("--out", help="Also write the draft as FINDINGS:/IMPRESSION: text (to edit).")
     ] = None,
-    store: StoreOpt = None,
-    as_: AsOpt = None,
-    purpose: PurposeOpt = None,
-    as_json: JsonOpt = False,
 ) -> None:
     """Draft a report for one study: retrieve, check images, write, verify, safety-check; then wait for review."""
 
     def body() -> None:
-        settings = settings_for(store, as_, purpose)
-        with open_store(settings) as st:
-            ctx = AgentContext.create(settings, open_governed(settings, st))
-            request = prepare_request(
-                ctx,
+        with cli.session(must_exist=True) as session:
+            outcome = service.draft(
+                session,
                 indication=indication,
-                images=images,
+                images=images or (),
                 comparison=comparison,
                 patient_id=patient,
                 study_id=study_id,
                 model=model,
             )
-            outcome = draft_report(ctx, request)
         if out_file is not None:
             out_file.write_text(report_text(outcome.findings, outcome.impression), encoding="utf-8")
-        if as_json:
-            echo_json(outcome.model_dump(mode="json"))
-        else:
-            print_outcome(outcome)
+        cli.emit(outcome.model_dump(mode="json"), lambda: print_outcome(outcome))
 
     run_command(body)
 
 
 @radiology_app.command("review")
+@session_command
 def review(
+    cli: Cli,
     run_id: Annotated[str, typer.Argument(help="The run id printed by `radiology draft`.")],
     approve: Annotated[bool, typer.Option("--approve", help="Sign the (edited) draft.")] = False,
     reject: Annotated[bool, typer.Option("--reject", help="Reject the draft.")] = False,
@@ -141,10 +123,6 @@ def review(
         str | None, typer.Option("--signer", help="Who signs: must be the acting principal (default: it).")
     ] = None,
     reason: Annotated[str | None, typer.Option("--reason", help="Why (rejections, or an edit note).")] = None,
-    store: StoreOpt = None,
-    as_: AsOpt = None,
-    purpose: PurposeOpt = None,
-    as_json: JsonOpt = False,
 ) -> None:
     """Approve (optionally edited) or reject a paused draft. Approval stores a signed DiagnosticReport."""
 
@@ -157,14 +135,9 @@ def review(
                 edited = edit_file.read_text(encoding="utf-8")
             except (OSError, UnicodeDecodeError) as exc:
                 raise StudyInputError(f"{edit_file}: cannot read the edited report ({type(exc).__name__})") from exc
-        settings = settings_for(store, as_, purpose)
-        with open_store(settings) as st:
-            ctx = AgentContext.create(settings, open_governed(settings, st))
-            result = review_draft(ctx, run_id, approve=approve, edited=edited, signer=signer, reason=reason)
-        if as_json:
-            echo_json(result.model_dump(mode="json"))
-        else:
-            _print_review(result)
+        with cli.session(must_exist=True) as session:
+            result = service.review(session, run_id, approve=approve, edited=edited, signer=signer, reason=reason)
+        cli.emit(result.model_dump(mode="json"), lambda: _print_review(result))
 
     run_command(body)
 
@@ -182,17 +155,6 @@ def _print_review(result: ReviewOutcome) -> None:
 
 
 # --------------------------------------------------------------------------------------------- traces
-
-
-def _identified_reader(settings: Settings) -> GovernedStore:
-    """Traces keep the identified inputs and outputs of every step: only principals with an identified view
-    (clinicians for treatment, data stewards) may read them."""
-    governed = evaluation_access(settings, Action.READ)
-    decision = governed.policy.decide(governed.access, Action.READ)
-    if decision.view != "identified":
-        governed.log(Action.READ.value, detail={"denied": "traces are identified data"}, outcome="denied")
-        raise PolicyViolation(f"{governed.access.label} sees de-identified data only; agent traces are identified")
-    return governed
 
 
 def _summary(step: StepRecord) -> list[str]:
@@ -233,7 +195,7 @@ def _summary(step: StepRecord) -> list[str]:
     return []
 
 
-def trace_tree(run: RunRecord, steps: list[StepRecord]) -> Tree:
+def trace_tree(run: RunRecord, steps: Sequence[StepRecord]) -> Tree:
     who = f" · patient {run.patient_id}" if run.patient_id else ""
     study = f" · study {run.study_id}" if run.study_id else ""
     tree = Tree(f"[bold]{run.run_id}[/] {run.task} · [bold]{run.status}[/] · {run.created_at}{who}{study}")
@@ -251,84 +213,73 @@ def trace_tree(run: RunRecord, steps: list[StepRecord]) -> Tree:
     return tree
 
 
-def trace(
-    run_id: Annotated[str, typer.Argument(help="Run id.")],
-    store: StoreOpt = None,
-    as_: AsOpt = None,
-    purpose: PurposeOpt = None,
-    as_json: JsonOpt = False,
-) -> None:
+@session_command
+def trace(cli: Cli, run_id: Annotated[str, typer.Argument(help="Run id.")]) -> None:
     """Print a run's persisted trace as a tree (or JSON). Traces hold identified data: identified readers only."""
 
     def body() -> None:
-        settings = settings_for(store, as_, purpose)
-        governed = _identified_reader(settings)
-        traces = TraceStore(settings.db_path)
-        run = traces.get_run(run_id)
-        steps = traces.steps(run_id)
-        governed.log(Action.READ.value, record_ids=[i for i in (run.study_id, run.patient_id) if i],
-                     detail={"trace": run_id})  # fmt: skip
-        if as_json:
-            echo_json({"run": run.model_dump(mode="json"), "steps": [s.model_dump(mode="json") for s in steps]})
-        else:
-            out.print(trace_tree(run, steps))
+        with cli.session(must_exist=True) as session:
+            found: RunTrace = traces.trace(session, run_id)
+        cli.emit(found.as_dict(), lambda: out.print(trace_tree(found.run, found.steps)))
 
     run_command(body)
 
 
+def _print_runs(found: RunList) -> None:
+    for r in found.runs:
+        out.print(f"{r.run_id}  {r.task}  [bold]{r.status}[/]  {r.created_at}")
+    if not found.runs:
+        out.print("no runs")
+
+
 @runs_app.callback()
+@session_command
 def runs(
+    cli: Cli,
     ctx: typer.Context,
     status: Annotated[str | None, typer.Option("--status", help="Only runs in this status.")] = None,
     limit: Annotated[int, typer.Option("--limit", min=1)] = 20,
-    store: StoreOpt = None,
-    as_: AsOpt = None,
-    purpose: PurposeOpt = None,
-    as_json: JsonOpt = False,
 ) -> None:
     """List agent runs, newest first."""
     if ctx.invoked_subcommand is not None:
         return
 
     def body() -> None:
-        settings = settings_for(store, as_, purpose)
-        governed = _identified_reader(settings)
-        found = TraceStore(settings.db_path).list_runs(status=status, limit=limit)
-        governed.log(Action.READ.value, detail={"runs": len(found)})
-        if as_json:
-            echo_json([r.model_dump(mode="json", exclude={"result", "plan"}) for r in found])
-            return
-        for r in found:
-            out.print(f"{r.run_id}  {r.task}  [bold]{r.status}[/]  {r.created_at}")
-        if not found:
-            out.print("no runs")
+        with cli.session(must_exist=True) as session:
+            found = traces.list_runs(session, status=status, limit=limit)
+        cli.emit(found.as_list(), lambda: _print_runs(found))
 
     run_command(body)
 
 
 @runs_app.command("resume")
-def resume(
-    run_id: Annotated[str, typer.Argument(help="An interrupted (running) or failed run.")],
-    store: StoreOpt = None,
-    as_: AsOpt = None,
-    purpose: PurposeOpt = None,
-    as_json: JsonOpt = False,
-) -> None:
+@session_command
+def resume(cli: Cli, run_id: Annotated[str, typer.Argument(help="An interrupted (running) or failed run.")]) -> None:
     """Continue an interrupted or failed run from its last finished step."""
 
     def body() -> None:
-        settings = settings_for(store, as_, purpose)
-        with open_store(settings) as st:
-            outcome = resume_run(AgentContext.create(settings, open_governed(settings, st)), run_id)
-        if as_json:
-            echo_json(outcome.model_dump(mode="json"))
-        else:
-            print_outcome(outcome)
+        with cli.session(must_exist=True) as session:
+            outcome = service.resume(session, run_id)
+        cli.emit(outcome.model_dump(mode="json"), lambda: print_outcome(outcome))
 
     run_command(body)
 
 
+def _eval_progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+    )
+
+
+@session_command
 def eval_radiology(
+    cli: Cli,
     train: Annotated[Path, typer.Option("--train", help="reports.jsonl-format file: the retrieval memory only.")],
     test: Annotated[Path, typer.Option("--test", help="reports.jsonl-format file to evaluate on.")],
     model: Annotated[
@@ -336,63 +287,35 @@ def eval_radiology(
     ] = None,
     baseline: Annotated[
         str | None, typer.Option("--baseline", help="Baseline in the same run ('' to skip).")
-    ] = "extractive@1",
+    ] = service.DEFAULT_BASELINE,
     limit: LimitOpt = None,
     seed: SeedOpt = 13,
     drop_leaks: DropLeaksOpt = False,
     out_dir: OutOpt = None,
-    store: StoreOpt = None,
-    as_: AsOpt = None,
-    purpose: PurposeOpt = None,
-    as_json: JsonOpt = False,
 ) -> None:
     """The whole workflow per test study: BLEU-4, ROUGE-L, CE-F1, distinct ratio, verifier flags, s/study."""
 
     def body() -> None:
-        settings = settings_for(store, as_, purpose)
-        governed = evaluation_access(settings)
-        registry = ModelRegistry(settings.db_path)
-        refs = [model or settings.generator] + ([baseline] if baseline else [])
-        with _progress() as bar:
-            jobs: dict[str, Any] = {}
+        with cli.session() as session, _eval_progress() as bar:
+            bars: dict[str, TaskID] = {}
 
             def progress(system: str, done: int, total: int) -> None:
-                if system not in jobs:
-                    jobs[system] = bar.add_task(system, total=total)
-                bar.update(jobs[system], completed=done)
+                if system not in bars:
+                    bars[system] = bar.add_task(system, total=total)
+                bar.update(bars[system], completed=done)
 
-            results = run_radiology_eval(
-                settings=settings,
-                governed=governed,
-                registry=registry,
-                train_file=train,
-                test_file=test,
-                out_dir=out_dir or settings.store / "evals" / "radiology",
-                models=refs,
-                labeler=CheXpertLabeler.from_data_dir(settings.data_dir),
+            result: RadiologyEvaluation = service.evaluate(
+                session,
+                train=train,
+                test=test,
+                model=model,
+                baseline=baseline,
                 limit=limit,
                 seed=seed,
                 drop_leaks=drop_leaks,
-                progress=progress,
+                out_dir=out_dir,
+                on_progress=progress,
             )
-        table = comparison_markdown(results)
-        if as_json:
-            echo_json(
-                {
-                    "systems": [
-                        {
-                            "model": r.ref,
-                            "run_id": r.outcome.run.run_id,
-                            "eval_set": r.outcome.eval_set,
-                            "metrics": r.outcome.run.metrics,
-                            "report": str(r.outcome.files.json_path),
-                        }
-                        for r in results
-                    ],
-                    "comparison_markdown": table,
-                }
-            )
-        else:
-            out.print(table)
+        cli.emit(result.as_dict(), lambda: out.print(result.comparison_markdown))
 
     run_command(body)

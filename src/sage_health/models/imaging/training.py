@@ -21,7 +21,10 @@ machine). About 20% of the patients (or studies, for images without a patient) a
 of the group id (independent of the seed, so models trained on the same store share one held-out set). The model
 is written to a temporary folder, renamed into ``<models_dir>/image/<name>-<version>`` and only then registered
 (``candidate``, backend ``monai-densenet121``) with its held-out evaluation (eval set
-``image-heldout:<digest of the held-out images>``).
+``image-heldout:<digest of the held-out images>``) and its **lineage**: an edge ``record:<id>`` ->
+``model:<name>@<version>`` (relation ``trained``) from every training image and every report its labels came from,
+written in the registration's transaction, so erasing a patient whose image trained the model taints it.
+Held-out images only measure the model and get no edge.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from pydantic import BaseModel, ConfigDict
 from sage_health.core.config import Settings
 from sage_health.core.errors import ConfigError, ModelError, StudyInputError
 from sage_health.core.hashing import sha256_file
+from sage_health.data.governance.lineage import record_node
 from sage_health.data.schema import DiagnosticReport, Image
 from sage_health.data.store.protocol import RecordReader, SearchFilters
 from sage_health.models.evaluation.labeler import NO_FINDING, OBSERVATIONS, CheXpertLabeler, Label
@@ -65,6 +69,7 @@ __all__ = [
     "dataset_labels_text",
     "split_heldout",
     "train_image_model",
+    "training_lineage",
 ]
 
 CHEST_SOURCES: Final = frozenset({"iu-xray", "covid-cxr", "nih-cxr14"})
@@ -137,6 +142,8 @@ class TrainingExample:
     label_source: LabelSource
     labels: Mapping[str, Label]
     view: str | None = None
+    label_record_id: str | None = None
+    """The ``DiagnosticReport`` the labels were read from (``label_source == "report"``)."""
 
     def targets(self) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
         """(targets, mask) over :data:`OBSERVATIONS`: positive/uncertain 1, negative 0; blank masked (mask 0)."""
@@ -235,6 +242,7 @@ def build_training_set(store: RecordReader, labeler: CheXpertLabeler, *, min_siz
                 label_source=source,
                 labels=labels,
                 view=view,
+                label_record_id=record.study_id if source == "report" else None,
             )
         )
     return TrainingSet(tuple(examples), dict(sorted(skipped.items())))
@@ -367,6 +375,13 @@ def _evaluate(net: Any, examples: Sequence[TrainingExample], size: int) -> Heldo
     return HeldoutMetrics(
         n=n, loss=None if loss is None else round(loss, 6), auroc=aurocs, mean_auroc=mean, labelled=labelled
     )
+
+
+def training_lineage(examples: Iterable[TrainingExample]) -> list[tuple[str, str]]:
+    """Lineage edges ``(record node, "trained")`` of the records that trained a model: the images and the
+    reports their labels came from (each once, sorted)."""
+    ids = {ex.record_id for ex in examples} | {ex.label_record_id for ex in examples if ex.label_record_id}
+    return [(record_node(rid), "trained") for rid in sorted(ids)]
 
 
 def _version(weights_sha: str) -> str:
@@ -511,6 +526,7 @@ def train_image_model(
             adapter_path=folder,
             dataset_snapshot_id=f"image-records:{source_digest[:16]}",
             config=meta,
+            inputs=training_lineage(train),
             description=(
                 f"DenseNet121 chest X-ray model, {len(train)} training / {len(heldout)} held-out images, "
                 f"{epochs} epoch(s) at {image_size}px, seed {seed}"
