@@ -67,3 +67,9 @@ bench: $(BENCH_STAMP)
 
 clean:
 	rm -rf .sage .pytest_cache .mypy_cache .ruff_cache
+
+# The learned de-identification NER ships inside the package (src/sage_health/data/governance/deid/model/, ~3 MB,
+# in the wheel). This rebuilds it from generated text only (deid/generate.py), deterministically, on one thread.
+.PHONY: deid-model
+deid-model: install
+	OMP_NUM_THREADS=1 $(BIN)/python -m sage_health.data.governance.deid.learned

@@ -11,16 +11,25 @@ guard the rest.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
+from sage_health.core.errors import DataError
 from sage_health.data.governance.deid import PresidioDeidentifier
+from sage_health.data.governance.deid.fusion import DEFAULT_FUSION, Fusion, fusion_grid
+from sage_health.data.governance.deid.generate import TEMPLATES
 from sage_health.data.governance.deid_eval import (
     DEV_FILE,
     TARGET_RECALL,
+    CrossValidation,
     DeidEvaluation,
     evaluate,
+    evaluate_cv,
+    evaluate_spans,
+    load_presidio_file,
+    template_folds,
 )
 
 pytestmark = pytest.mark.integration
@@ -84,3 +93,78 @@ def test_surrogate_mode_leaves_few_gold_values(evaluation: DeidEvaluation) -> No
     assert check is not None
     assert check["gold_values"] > 1000
     assert check["survival_rate"] < 0.2
+
+
+# ---------------------------------------------------------------------- template-grouped cross-validation (issue 14)
+
+
+@pytest.fixture(scope="module")
+def cross_validation(data_dir: Path) -> CrossValidation:
+    return evaluate_cv(PresidioDeidentifier(b"eval-test-key-0123456789abcdefgh"), data_dir / DEV_FILE, folds=5)
+
+
+def test_template_folds_are_disjoint_and_balanced(data_dir: Path) -> None:
+    samples = load_presidio_file(data_dir / DEV_FILE)
+    folds = template_folds(samples, 5, seed=1)
+    by_template: dict[object, set[int]] = {}
+    for sample, fold in zip(samples, folds, strict=True):
+        by_template.setdefault(sample["template_id"], set()).add(fold)
+    assert all(len(f) == 1 for f in by_template.values()), "a template lies in exactly one fold"
+    sizes = [folds.count(f) for f in range(5)]
+    assert max(sizes) - min(sizes) <= 20
+    assert template_folds(samples, 5, seed=1) == folds
+    with pytest.raises(DataError, match="template folds"):
+        template_folds(samples[:3], 5, seed=1)
+
+
+def test_cross_validation_scores_choices_on_unseen_templates(cross_validation: CrossValidation) -> None:
+    cv = cross_validation
+    assert cv.cv_by == "template"
+    assert cv.folds == len(cv.per_fold) == 5
+    assert cv.spans.texts == 764
+    assert sum(f.texts for f in cv.per_fold) == 764
+    assert len(cv.candidates) == len(fusion_grid())
+    assert all(f.selected in cv.candidates for f in cv.per_fold)
+    assert cv.selected_on_all == DEFAULT_FUSION.name, "the shipped setting is the one the CV rule picks on dev"
+    overall = cv.spans.overall
+    assert overall.recall_strict is not None
+    assert overall.precision_strict is not None
+    assert overall.recall_strict >= 0.93
+    assert overall.precision_strict >= 0.9
+    for label in ("NAME", "ADDRESS", "PHONE"):
+        recall = cv.spans.label(label).recall_strict
+        assert recall is not None
+        assert recall >= 0.93, label
+
+
+def test_cross_validation_of_one_deidentifier_is_its_pooled_figure(data_dir: Path) -> None:
+    deid = PresidioDeidentifier(b"eval-test-key-0123456789abcdefgh", fusion=Fusion(learned=False, join=False))
+    plain = evaluate_spans(deid, data_dir / DEV_FILE)
+    cv = evaluate_cv({"rules": deid}, data_dir / DEV_FILE, folds=4)
+    assert cv.candidates == ("rules",)
+    assert {f.selected for f in cv.per_fold} == {"rules"}
+    assert cv.spans.overall.recall_strict == plain.overall.recall_strict
+    assert cv.spans.overall.precision_strict == plain.overall.precision_strict
+
+
+def test_cross_validation_rejects_bad_settings(data_dir: Path) -> None:
+    deid = PresidioDeidentifier(b"eval-test-key-0123456789abcdefgh")
+    with pytest.raises(DataError, match="unknown cross-validation grouping 'sentence'"):
+        evaluate_cv(deid, data_dir / DEV_FILE, cv_by="sentence")
+    with pytest.raises(DataError, match="at least 2 folds"):
+        evaluate_cv(deid, data_dir / DEV_FILE, folds=1)
+    with pytest.raises(DataError, match="unknown cross-validation grouping"):
+        evaluate(deid, data_dir, cv_by="patient", over_redaction=False)
+
+
+def test_generator_templates_are_not_the_dev_templates(data_dir: Path) -> None:
+    """The training text is written for the generator: no template of it is a dev-file template."""
+    slot = re.compile(r"\{\{?\s*[A-Za-z_0-9]+\s*\}?\}")
+
+    def shape(template: str) -> str:
+        return " ".join(slot.sub("<>", template).lower().split())
+
+    dev = {shape(str(s["masked"])) for s in load_presidio_file(data_dir / DEV_FILE) if s.get("spans")}
+    ours = {shape(t) for items in TEMPLATES.values() for t in items}
+    assert len(dev) > 50
+    assert not (dev & ours)

@@ -334,7 +334,7 @@ def test_agent_reports_only_confident_trained_observations(env: Env, data_dir: P
     assert result.model_ref is not None
     assert result.model_ref.startswith("cxr-test@")
     assert result.model_note is not None
-    assert "newest candidate" in result.model_note
+    assert "newest untainted candidate" in result.model_note
 
     # Only the frontal image is read; a finding is reported only past the threshold, for trained observations.
     encoder = MonaiDenseNetImageEncoder(Path(env.result.folder))
@@ -466,3 +466,22 @@ def test_cli_trains_and_reports(env: Env, monkeypatch: pytest.MonkeyPatch, tmp_p
     assert failed.exit_code == 1
     assert "error: only 0 labelled chest image(s) in the store" in " ".join(failed.output.split())
     assert not (empty_store / "models" / "image").exists()
+
+
+def test_agent_never_serves_a_tainted_image_model(env: Env, data_dir: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "store"
+    shutil.copytree(env.settings.store, copy)  # the taint below must not reach the module's shared store
+    settings = env.settings.model_copy(update={"store": copy, "image_model": "cxr-test"})
+    versions = ModelRegistry(settings.db_path).list_versions("cxr-test")
+    assert versions
+    LineageStore(settings.db_path).taint([model_node(v.name, v.version) for v in versions],
+                                         "built from records of an erased patient")  # fmt: skip
+    ctx = AgentContext.create(settings, open_governed(settings, env.store, principal="clinician", purpose="treatment"))
+    image = str(data_dir / "iu_xray" / "images" / "CXR3_IM-1384-1001.png")
+    result = ImagingAgent().run(ImagingInput(image_paths=(image,)), ctx)
+    assert result.abstained
+    assert result.model_ref is None
+    assert result.findings == ()
+    assert result.reason is not None
+    assert "tainted" in result.reason
+    assert result.reason != NO_MODEL_REASON

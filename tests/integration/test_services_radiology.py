@@ -163,6 +163,13 @@ def test_workflow_refusals_are_audited_and_store_nothing(world: World) -> None:
     with pytest.raises(PolicyViolation, match="may not generate"):
         radiology.resume(_session(world, "data_steward", "operations"), paused.run_id)
     assert _denied(world, "generate", "data_steward", before)
+    # a researcher may draft, but a resumed run shows its persisted (identified) steps: refused, audited
+    before = len(_events(world, "read"))
+    with pytest.raises(PolicyViolation, match="traces hold identified data"):
+        radiology.resume(_session(world, "researcher", "research"), paused.run_id)
+    (refusal,) = _denied(world, "read", "researcher", before)
+    assert refusal.detail["what"] == "resume"
+    assert refusal.detail["run_id"] == paused.run_id
 
     with pytest.raises(PolicyViolation, match="signed by the acting principal"):
         radiology.review(clinician, paused.run_id, approve=True, signer="dr-somebody-else")

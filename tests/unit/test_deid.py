@@ -54,8 +54,9 @@ def test_detects_every_kind_in_a_note(deid: PresidioDeidentifier) -> None:
     assert "John Smith" in found["NAME"]
     assert "Maria Gonzalez" in found["NAME"]
     assert {"March 3, 2019", "2019-04-02"} <= set(found["DATE"])
-    assert "12 Main Street" in found["ADDRESS"]
-    assert "02110" in found["ZIP"]
+    # issue 14: an address block is one ADDRESS span (street, city, state and ZIP), as one identifier
+    assert "12 Main Street, Boston, MA 02110" in found["ADDRESS"]
+    assert "ZIP" not in found
     assert "(617) 555-0199" in found["PHONE"]
     assert found["EMAIL"] == ["john.smith@example.com"]
     assert found["SSN"] == ["123-45-6789"]

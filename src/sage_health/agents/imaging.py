@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict
 from sage_health.agents.base import AgentContext
 from sage_health.agents.types import ImageFinding, ImagingResult
 from sage_health.core.errors import ModelLoadError, StudyInputError
+from sage_health.models.catalog import serving_image_model
 from sage_health.models.imaging.encoder import BACKEND, ImageEncoder, MonaiDenseNetImageEncoder
 from sage_health.models.imaging.quality import ImageCheck, check_image, is_frontal
 from sage_health.models.registry import ModelVersion
@@ -55,19 +56,9 @@ class ImagingInput(BaseModel):
     study_id: str | None = None
 
 
-def _select_model(ctx: AgentContext) -> tuple[ModelVersion | None, str | None]:
-    name = ctx.settings.image_model
-    production = ctx.registry.production(name)
-    if production is not None:
-        return production, f"{production.ref}: the production version of {name}"
-    candidates = [v for v in ctx.registry.list_versions(name) if v.stage == "candidate"]
-    if not candidates:
-        return None, None
-    newest = candidates[-1]
-    return newest, (
-        f"{newest.ref}: the newest candidate of {name} (no version is in production; promote one with "
-        f"`sage-health models promote {name} VERSION`)"
-    )
+def _select_model(ctx: AgentContext) -> tuple[ModelVersion | None, str]:
+    """The image model that may serve (production, else the newest candidate; never a tainted version) and why."""
+    return serving_image_model(ctx.registry, ctx.settings.image_model)
 
 
 def _encoder(ctx: AgentContext, model: ModelVersion) -> ImageEncoder:
@@ -167,7 +158,8 @@ class ImagingAgent:
             return ImagingResult(images=images, abstained=True, reason=f"no usable image ({detail})")
         model, note = _select_model(ctx)
         if model is None:
-            return ImagingResult(images=images, abstained=True, reason=NO_MODEL_REASON)
+            tainted = "tainted" in note
+            return ImagingResult(images=images, abstained=True, reason=note if tainted else NO_MODEL_REASON)
         encoder = _encoder(ctx, model)
         observations = encoder.observations
         gate = self.min_heldout_auroc if self.min_heldout_auroc is not None else ctx.settings.image_min_auroc

@@ -151,10 +151,17 @@ class AuthStatus:
     authentication)."""
     changed: bool = False
     """``auth enable`` only: True when this call switched authentication on."""
+    issued: IssuedToken | None = None
+    """``auth enable`` on a store without an active administrator token: the token issued to the acting
+    administrator (shown once), so switching authentication on never locks the administrators out."""
 
     def to_json(self) -> dict[str, Any]:
-        return {"required": self.required, "tokens": self.tokens, "active_tokens": self.active_tokens,
-                "session_mode": self.session_mode, "changed": self.changed}  # fmt: skip
+        out = {"required": self.required, "tokens": self.tokens, "active_tokens": self.active_tokens,
+               "session_mode": self.session_mode, "changed": self.changed}  # fmt: skip
+        if self.issued is not None:
+            out["issued"] = {"token": self.issued.token, "id": self.issued.info.id,
+                             "principal": self.issued.info.principal}  # fmt: skip
+        return out
 
 
 def _status(session: Session, identity: IdentityStore, *, changed: bool = False) -> AuthStatus:
@@ -173,14 +180,21 @@ def auth_status(session: Session) -> AuthStatus:
 
 
 def enable_auth(session: Session) -> AuthStatus:
-    """Require credentials on this store from now on (it cannot be switched off through the platform). Refused
-    unless an active administrator token exists, so the people who issue tokens are not locked out."""
+    """Require credentials on this store from now on (it cannot be switched off through the platform). On a store
+    without an active administrator token, one is issued to the acting administrator first and returned (shown
+    once), so the people who issue tokens are never locked out."""
     session.decide(Action.PRINCIPALS)
     identity = _identity(session)
-    changed = identity.enable(by=session.access)
+    issued = None
+    admins = {p.name for p in session.policy.principals() if p.role == "admin" and p.active}
+    if not any(t.principal in admins and t.state == "active" for t in identity.tokens()):
+        issued = create_token(session, session.principal, label="issued by auth enable")
+    changed = identity.enable(by=session.access) or (issued is not None and issued.enabled_auth)
     status = _status(session, identity, changed=changed)
-    session.audit(Action.PRINCIPALS.value, detail={"op": "auth.enable", "changed": changed})
-    return status
+    session.audit(Action.PRINCIPALS.value,
+                  detail={"op": "auth.enable", "changed": changed,
+                          "issued_token_id": issued.info.id if issued else None})  # fmt: skip
+    return AuthStatus(**{**status.__dict__, "issued": issued})
 
 
 # --------------------------------------------------------------------------- consent

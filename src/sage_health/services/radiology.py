@@ -31,6 +31,7 @@ from sage_health.apps.radiology.workflow import (
 from sage_health.data.governance.policy import Action
 from sage_health.models.evaluation.labeler import CheXpertLabeler
 from sage_health.services.session import Session
+from sage_health.services.traces import require_identified_reader
 
 EvalProgress = Callable[[str, int, int], None]
 """(system, studies done, studies in all)."""
@@ -90,7 +91,9 @@ def review(
 
 
 def resume(session: Session, run_id: str) -> DraftOutcome:
-    """Continue an interrupted (``running``) or ``failed`` run from its last finished step."""
+    """Continue an interrupted (``running``) or ``failed`` run from its last finished step. The run goes on from
+    its persisted steps, whose outputs the result shows: like its trace, identified readers only."""
+    require_identified_reader(session, what="resume", detail={"run_id": run_id})
     with session.runtime.workflow_lock:
         return resume_run(agent_context(session), run_id)
 

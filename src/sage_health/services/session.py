@@ -113,6 +113,7 @@ class Session:
     token_id: str | None = None
     mode: Literal["token", "local"] = "local"
     channel: Channel = "cli"
+    owns_runtime: bool = False
     _governed: GovernedStore | None = field(default=None, repr=False)
     _view: RecordView | None = field(default=None, repr=False)
 
@@ -142,8 +143,11 @@ class Session:
         """The governed store for this principal and purpose (the raw store never leaves the governance layer)."""
         if self._governed is None:
             raw = self.runtime.store(self.settings, must_exist=must_exist)
+            actor: dict[str, Any] = {"channel": self.channel}
+            if self.token_id is not None:
+                actor["token_id"] = self.token_id
             self._governed = GovernedStore(
-                store=raw, access=self.access, policy=self.policy, audit=self.audit_log, view=self.view()
+                store=raw, access=self.access, policy=self.policy, audit=self.audit_log, view=self.view(), actor=actor
             )
         return self._governed
 
@@ -190,7 +194,11 @@ class Session:
         )
 
     def close(self) -> None:
+        """Forget the governed store; close the runtime's stores when this session made its own runtime (one
+        CLI command), never a shared one (the API's)."""
         self._governed = None
+        if self.owns_runtime:
+            self.runtime.close()
 
     def __enter__(self) -> Session:
         return self
@@ -282,6 +290,7 @@ def open_session(
         policy=policy,
         audit_log=AuditLog.for_settings(settings),
         runtime=runtime or Runtime(),
+        owns_runtime=runtime is None,
         token_id=token_id,
         mode=mode,
         channel=creds.channel,

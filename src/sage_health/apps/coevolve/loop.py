@@ -77,6 +77,7 @@ from sage_health.models.adaptation.lora import (
 )
 from sage_health.models.catalog import BUILTIN_MODELS, resolve_model
 from sage_health.models.registry import ModelRegistry, ModelVersion
+from sage_health.models.training_rules import snapshot_for_training
 
 # ------------------------------------------------------------------------------------------------ models
 
@@ -213,8 +214,9 @@ def run_cycle(
     inputs["memory_retrievable"] = retrievable
     _timed(timings, "memory", t)
 
-    # 4. train
+    # 4. train (the same training rules as `train lora`: the snapshot is checked again right before training)
     t = time.perf_counter()
+    snapshot_for_training(governed, settings, snap.ref)
     init_adapter = Path(production.adapter_path) if production.adapter_path and taint is None else None
     config = LoraConfig(
         task=spec.task, steps=opts.steps, batch_size=opts.batch_size, max_length=opts.max_length,

@@ -77,6 +77,7 @@ class GovernedStore:
         audit: AuditLog,
         view: RecordView | None = None,
         read_as: Action | None = None,
+        actor: dict[str, Any] | None = None,
     ) -> None:
         self._store = store
         self.access = access
@@ -86,6 +87,8 @@ class GovernedStore:
         """The de-identified view; required for principals whose decisions say ``deidentified``."""
         self.read_as = read_as
         """When set, reads and searches are decided as this action (e.g. ``train``: secondary use, consent applies)."""
+        self.actor: dict[str, Any] = dict(actor or {})
+        """How the principal was identified (token id, channel): added to every audit event this store writes."""
         self._opted_out: tuple[str, ...] | None = None
 
     def __repr__(self) -> str:
@@ -94,13 +97,13 @@ class GovernedStore:
     def over(self, store: SqliteDocumentStore) -> GovernedStore:
         """The same principal, purpose, policy, audit log and view over another store (e.g. an evaluation's
         retrieval memory built from a train file)."""
-        return GovernedStore(store, self.access, self.policy, self.audit, self.view, self.read_as)
+        return GovernedStore(store, self.access, self.policy, self.audit, self.view, self.read_as, self.actor)
 
     def acting(self, action: Action) -> GovernedStore:
         """A copy whose reads and searches are decided (and audited) as ``action``: a training job's reads are
         ``train``, an evaluation's are ``evaluate``, so research opt-outs apply to them whatever the purpose."""
         self.decide(action)
-        return GovernedStore(self._store, self.access, self.policy, self.audit, self.view, action)
+        return GovernedStore(self._store, self.access, self.policy, self.audit, self.view, action, self.actor)
 
     # ------------------------------------------------------------------ policy + audit helpers
     def decide(self, action: Action, *, detail: dict[str, Any] | None = None) -> Decision:
@@ -125,7 +128,7 @@ class GovernedStore:
         outcome: str = "ok",
     ) -> None:
         ids = audit_record_ids(record_ids)
-        info = {"outcome": outcome, **(detail or {})}
+        info = {"outcome": outcome, **self.actor, **(detail or {})}
         if len(record_ids) > len(ids):
             info["record_count"] = len(record_ids)
         self.audit.append(

@@ -171,13 +171,21 @@ def _auth_line(status: governance.AuthStatus) -> str:
 @auth_app.command("enable")
 @session_command
 def auth_enable(cli: Cli) -> None:
-    """Require credentials (SAGE_TOKEN) on this store from now on; needs an active admin token first.
-    Policy: ``principals``."""
+    """Require credentials (SAGE_TOKEN) on this store from now on. Without an active admin token, one is issued to
+    you first and printed once. Policy: ``principals``."""
+
+    def render(status: governance.AuthStatus) -> None:
+        out.print(("" if status.changed else "unchanged: ") + _auth_line(status), highlight=False)
+        if status.issued is not None:
+            out.print(f"token for {status.issued.info.principal} (id {status.issued.info.id}), shown once:",
+                      highlight=False)  # fmt: skip
+            out.print(status.issued.token, highlight=False, markup=False, soft_wrap=True)
+            out.print("export SAGE_TOKEN=<the token> to act from now on", highlight=False)
 
     def body() -> None:
         with cli.session() as session:
             status = governance.enable_auth(session)
-        cli.emit(status.to_json(), lambda: out.print(("" if status.changed else "unchanged: ") + _auth_line(status)))
+        cli.emit(status.to_json(), lambda: render(status))
 
     run_command(body)
 

@@ -1,10 +1,11 @@
 """``PresidioDeidentifier``: presidio-analyzer, fully offline, with SAGE-Health's recognizers.
 
 presidio's default NLP engine loads (and would download) ``en_core_web_lg``. Here the engine is a **blank spaCy
-English pipeline** (tokenizer + rule-based sentencizer; no statistical model, nothing downloaded). Person names come
-from the lexicon-and-cue recognizer in :mod:`.recognizers`, not from NER. presidio orchestrates the recognizers
-(registry, per-recognizer results, scores); this module resolves overlaps, applies the medical allow-list and
-replaces the spans (:mod:`.surrogate`).
+English pipeline** (tokenizer + rule-based sentencizer; nothing downloaded). Identifiers come from the rule-based
+recognizers in :mod:`.recognizers` and from the learned NER of :mod:`.learned` (a small spaCy model shipped in the
+package, trained on generated text only), combined as :mod:`.fusion` says. presidio orchestrates the recognizers
+(registry, per-recognizer results, scores); this module resolves overlaps, applies the medical allow-list, joins
+address blocks and replaces the spans (:mod:`.surrogate`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final, cast
 
+from sage_health.data.governance.deid.fusion import DEFAULT_FUSION, LEARNED_SOURCE, Fusion, fusion_grid, gate
+from sage_health.data.governance.deid.fusion import join_addresses as _join_addresses
 from sage_health.data.governance.deid.lexicon import eponym_spans
 from sage_health.data.governance.deid.recognizers import RECOGNIZERS, Hit
 from sage_health.data.governance.deid.surrogate import SurrogateFactory, pseudonym, shift_date_text, shift_days
@@ -30,7 +33,7 @@ from sage_health.data.governance.deid.types import (
 if TYPE_CHECKING:
     from presidio_analyzer import AnalyzerEngine
 
-VERSION: Final = "1"
+VERSION: Final = "2"
 AGE_LIMIT: Final = 89
 """Ages above this are PHI under HIPAA Safe Harbor ("90+"); ages up to it are kept."""
 
@@ -84,12 +87,17 @@ def _presidio_recognizer(name: str, labels: Sequence[EntityLabel], fn: Callable[
     return SageRecognizer(supported_entities=list(labels), name=name, supported_language="en", version=VERSION)
 
 
-def build_analyzer() -> AnalyzerEngine:
-    """The presidio ``AnalyzerEngine`` with the blank spaCy engine and every built-in SAGE recognizer."""
+def build_analyzer(*, learned: bool = True) -> AnalyzerEngine:
+    """The presidio ``AnalyzerEngine`` with the blank spaCy engine and every built-in SAGE recognizer (the learned
+    NER only when ``learned``)."""
     from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
 
     registry = RecognizerRegistry(
-        recognizers=[_presidio_recognizer(name, labels, fn) for name, labels, fn in RECOGNIZERS],
+        recognizers=[
+            _presidio_recognizer(name, labels, fn)
+            for name, labels, fn in RECOGNIZERS
+            if learned or name != LEARNED_SOURCE
+        ],
         supported_languages=["en"],
     )
     return AnalyzerEngine(registry=registry, nlp_engine=_blank_nlp_engine(), supported_languages=["en"])
@@ -142,17 +150,20 @@ class PresidioDeidentifier:
 
     ``key`` is the secret behind surrogates and date shifts (see :func:`.surrogate.deid_key`; the caller owns it).
     Cheap to construct; presidio, spaCy and the faker word lists load on the first call (~3 s).
-    ``score_threshold`` drops weaker detections (default 0: de-identification favours recall).
+    ``score_threshold`` drops weaker detections (default 0: de-identification favours recall). ``fusion``: how the
+    rules and the learned model combine (default :data:`~.fusion.DEFAULT_FUSION`, chosen by template
+    cross-validation; :meth:`variants` gives the candidates it was chosen from).
     """
 
     name: str = "presidio"
     version: str = VERSION
 
-    def __init__(self, key: bytes, *, score_threshold: float = 0.0) -> None:
+    def __init__(self, key: bytes, *, score_threshold: float = 0.0, fusion: Fusion = DEFAULT_FUSION) -> None:
         if not isinstance(key, bytes) or len(key) < 16:
             raise DeidentificationError("the de-identification key must be at least 16 bytes (see deid_key())")
         self._key = key
         self._threshold = score_threshold
+        self.fusion = fusion
         self._analyzer: AnalyzerEngine | None = None
         self._surrogates = SurrogateFactory(key)
         self._lock = threading.Lock()
@@ -162,8 +173,14 @@ class PresidioDeidentifier:
         if self._analyzer is None:
             with self._lock:
                 if self._analyzer is None:
-                    self._analyzer = build_analyzer()
+                    self._analyzer = build_analyzer(learned=self.fusion.learned)
         return self._analyzer
+
+    def variants(self) -> dict[str, PresidioDeidentifier]:
+        """One de-identifier per candidate setting of :func:`~.fusion.fusion_grid` (same key), by setting name."""
+        return {
+            f.name: PresidioDeidentifier(self._key, score_threshold=self._threshold, fusion=f) for f in fusion_grid()
+        }
 
     def detect(self, text: str, *, known: Mapping[EntityLabel, Sequence[str]] | None = None) -> list[PhiSpan]:
         """Identifier spans in ``text``. ``known``: identifiers known from structured data (e.g. the patient's
@@ -184,8 +201,9 @@ class PresidioDeidentifier:
             )
             for r in results
         ]
-        hits += _known_hits(text, known or {})
-        return resolve(text, hits)
+        hits = gate(hits, self.fusion) + _known_hits(text, known or {})
+        spans = resolve(text, hits)
+        return _join_addresses(text, spans) if self.fusion.join else spans
 
     def deidentify(
         self,

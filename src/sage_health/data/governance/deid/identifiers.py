@@ -1,8 +1,9 @@
 """Detected identifiers as comparable values: does one text repeat an identifier of another (the safety agent's
 check that a draft carries no other patient's PHI)?
 
-Detection is the de-identifier's own: :func:`detect_phi` runs the built-in recognizers and the engine's overlap
-resolution and eponym allow-list, without the presidio orchestration (nothing loads but the word lists). The values
+Detection is the de-identifier's own: :func:`detect_phi` runs the built-in recognizers (the learned NER included),
+the engine's fusion, overlap resolution and eponym allow-list, without the presidio orchestration (nothing loads but
+the word lists and the shipped NER model). The values
 are normalised so that differently written forms compare equal: calendar dates (:func:`.dates.calendar_date`),
 phone numbers by their digits (:func:`phone_digits`), names by their identifying words (:func:`name_tokens`).
 """
@@ -14,6 +15,7 @@ from collections.abc import Collection, Iterable
 from typing import Final
 
 from sage_health.data.governance.deid.engine import resolve
+from sage_health.data.governance.deid.fusion import DEFAULT_FUSION, LEARNED_SOURCE, Fusion, gate, join_addresses
 from sage_health.data.governance.deid.lexicon import common_words, eponym_spans
 from sage_health.data.governance.deid.names import is_title, never_a_name
 from sage_health.data.governance.deid.recognizers import RECOGNIZERS, calendar_date
@@ -26,9 +28,11 @@ _PHONE_DIGITS: Final = 10
 """Phone numbers compare by their last ten digits (a country or trunk prefix written or not)."""
 
 
-def detect_phi(text: str, labels: Collection[EntityLabel] | None = None) -> list[PhiSpan]:
+def detect_phi(
+    text: str, labels: Collection[EntityLabel] | None = None, *, fusion: Fusion = DEFAULT_FUSION
+) -> list[PhiSpan]:
     """The identifier spans :meth:`~.engine.PresidioDeidentifier.detect` finds in ``text`` (same recognizers, same
-    allow-list and overlap resolution; sorted, non-overlapping), computed without presidio.
+    fusion, allow-list and overlap resolution; sorted, non-overlapping), computed without presidio.
 
     ``labels`` restricts detection as presidio's ``entities`` does: only the recognizers that emit one of them run,
     and only their hits with those labels are resolved.
@@ -38,12 +42,15 @@ def detect_phi(text: str, labels: Collection[EntityLabel] | None = None) -> list
     for name, emits, find in RECOGNIZERS:
         if wanted is not None and wanted.isdisjoint(emits):
             continue
+        if name == LEARNED_SOURCE and not fusion.learned:
+            continue
         hits += [
             (h.start, h.end, h.label, h.score, f"{name}:{h.recognizer}")
             for h in find(text)
             if h.end > h.start and (wanted is None or h.label in wanted)
         ]
-    return resolve(text, hits)
+    spans = resolve(text, gate(hits, fusion))
+    return join_addresses(text, spans) if fusion.join else spans
 
 
 def phone_digits(text: str) -> str:
