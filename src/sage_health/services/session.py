@@ -41,7 +41,8 @@ from sage_health.data.governance.policy import (
     audit_record_ids,
 )
 from sage_health.data.store.factory import open_store
-from sage_health.data.store.sqlite import SqliteDocumentStore
+from sage_health.data.store.health import require_store
+from sage_health.data.store.protocol import GovernableStore
 from sage_health.models.catalog import GeneratorPool
 from sage_health.models.registry import ModelRegistry
 
@@ -68,13 +69,13 @@ class Runtime:
 
     def __init__(self, *, bm25_index: Literal["memory", "fts5"] | None = None) -> None:
         self._bm25_index = bm25_index
-        self._stores: dict[str, SqliteDocumentStore] = {}
+        self._stores: dict[str, GovernableStore] = {}
         self._pools: dict[str, GeneratorPool] = {}
         self._lock = threading.Lock()
         self.workflow_lock = threading.Lock()
         """Serialises agent workflows in one process (they share the store connection and the CPU)."""
 
-    def store(self, settings: Settings, *, must_exist: bool = True) -> SqliteDocumentStore:
+    def store(self, settings: Settings, *, must_exist: bool = True) -> GovernableStore:
         key = str(settings.db_path.resolve())
         with self._lock:
             st = self._stores.get(key)
@@ -269,14 +270,18 @@ def open_session(
     *,
     runtime: Runtime | None = None,
     require_token: bool = False,
+    must_exist: bool = False,
 ) -> Session:
     """Authenticate ``credentials`` (default: from ``settings``) and bind the principal and purpose.
-    ``require_token`` refuses the local mode whatever the store says (the API server unless ``--no-auth``).
+    ``require_token`` refuses the local mode whatever the store says (the API server unless ``--no-auth``);
+    ``must_exist`` refuses a store that does not exist yet (a read on a mistyped ``--store`` creates nothing).
 
     Raises :class:`AuthenticationError` (401) for missing or bad credentials on a store that requires them and
     :class:`PolicyViolation` (403) for an unknown principal, a claimed name that is not the token's, or a purpose
     the role may not act for. Failures are audited."""
     creds = credentials or Credentials.from_settings(settings)
+    if must_exist:
+        require_store(settings)
     policy = PolicyEngine(settings.db_path)
     try:
         principal, token_id, mode = _identify(creds, IdentityStore(settings.db_path, policy), require_token)

@@ -1,7 +1,7 @@
 """The governed face of the document store: every read, search, write and export asks the policy engine and is
 written to the audit log.
 
-:class:`GovernedStore` wraps a :class:`~sage_health.data.store.sqlite.SqliteDocumentStore` for one
+:class:`GovernedStore` wraps a backend (:class:`~sage_health.data.store.protocol.GovernableStore`) for one
 :class:`~sage_health.data.governance.policy.Access` (principal + purpose). Interfaces, agents, applications,
 evaluations and exports receive a ``GovernedStore``, never the raw store, so no path can forget the policy:
 
@@ -35,8 +35,15 @@ from sage_health.data.ingest.pipeline import (
     new_run_id,
 )
 from sage_health.data.schema import Image, RecordBase
-from sage_health.data.store.protocol import SearchFilters, SearchHit, SearchQuery, StoredRecord, WriteResult
-from sage_health.data.store.sqlite import SqliteDocumentStore
+from sage_health.data.store.protocol import (
+    GovernableStore,
+    PatientIndex,
+    SearchFilters,
+    SearchHit,
+    SearchQuery,
+    StoredRecord,
+    WriteResult,
+)
 
 if TYPE_CHECKING:
     from sage_health.data.governance.audit import AuditTrail
@@ -54,7 +61,7 @@ class RecordView(Protocol):
 
     def text(self, text: str, patient_id: str | None) -> str: ...
 
-    def resolve_patient(self, patient_ref: str, store: SqliteDocumentStore) -> str | None:
+    def resolve_patient(self, patient_ref: str, store: PatientIndex) -> str | None:
         """The real patient id behind a pseudonym shown in this view (``None`` if unknown)."""
         ...
 
@@ -71,7 +78,7 @@ class GovernedStore:
 
     def __init__(
         self,
-        store: SqliteDocumentStore,
+        store: GovernableStore,
         access: Access,
         policy: PolicyEngine,
         audit: AuditLog,
@@ -94,7 +101,7 @@ class GovernedStore:
     def __repr__(self) -> str:
         return f"GovernedStore({self.access.label}, read_as={self.read_as})"
 
-    def over(self, store: SqliteDocumentStore) -> GovernedStore:
+    def over(self, store: GovernableStore) -> GovernedStore:
         """The same principal, purpose, policy, audit log and view over another store (e.g. an evaluation's
         retrieval memory built from a train file)."""
         return GovernedStore(store, self.access, self.policy, self.audit, self.view, self.read_as, self.actor)
@@ -317,8 +324,9 @@ class GovernedStore:
         return report
 
     @property
-    def path(self) -> Any:
-        return self._store.path
+    def path(self) -> Path:
+        """The database that holds the governance side tables (principals, consent, lineage, erasure journal)."""
+        return self.policy.db_path
 
     # ------------------------------------------------------------------ lineage + erasure (governance/lineage, erasure)
     def lineage(
@@ -427,7 +435,7 @@ class GovernedStore:
 
 
 def open_governed(
-    settings: Settings, store: SqliteDocumentStore, *, principal: str | None = None, purpose: str | None = None
+    settings: Settings, store: GovernableStore, *, principal: str | None = None, purpose: str | None = None
 ) -> GovernedStore:
     """The governed store for ``settings.principal`` / ``settings.purpose`` (or the explicit overrides).
 

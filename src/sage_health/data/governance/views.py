@@ -22,8 +22,7 @@ from dataclasses import dataclass, field
 from sage_health.core.config import Settings
 from sage_health.core.provenance import Provenance, Transform
 from sage_health.data.schema import AnyRecord, RecordBase
-from sage_health.data.store.protocol import SearchHit, StoredRecord
-from sage_health.data.store.sqlite import SqliteDocumentStore
+from sage_health.data.store.protocol import PatientIndex, SearchHit, StoredRecord
 
 PSEUDONYM_PREFIX = "pseudo-"
 VIEW_VERSION = "1"
@@ -102,7 +101,7 @@ class DeidentifiedView:
     def text(self, text: str, patient_id: str | None) -> str:
         return self.text_fn(text, patient_id)
 
-    def resolve_patient(self, patient_ref: str, store: SqliteDocumentStore) -> str | None:
+    def resolve_patient(self, patient_ref: str, store: PatientIndex) -> str | None:
         if not patient_ref.startswith(PSEUDONYM_PREFIX):
             return None
         if patient_ref not in self._reverse:

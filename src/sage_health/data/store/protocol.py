@@ -252,3 +252,32 @@ class ErasureTarget(Protocol):
     def erase_records(self, record_ids: Sequence[str]) -> ErasedRecords: ...
 
     def check(self) -> dict[str, Any]: ...
+
+
+@runtime_checkable
+class PatientIndex(Protocol):
+    """Which patients a backend holds records of (for pseudonym resolution and consent counts)."""
+
+    def patient_ids(self) -> frozenset[str]: ...
+
+
+@runtime_checkable
+class GovernableStore(IngestTarget, LineageSource, ErasureTarget, PatientIndex, Protocol):
+    """Everything the governance layer needs from a backend: the document store with its ingest ledger, its
+    share of lineage and erasure, and the read side below. The governed store, ingest, lineage and erasure are typed
+    on this protocol only, so a second backend (PostgreSQL) plugs in without touching a use case.
+
+    Contract, beyond the parent protocols: ``history(id)`` lists every version of a record, oldest first;
+    ``chunks_of(id)`` the current version's chunks in order; ``iter_records(filters, batch=n)`` the current
+    records matching ``filters`` (filters applied in the backend's query, opted-out patients included only when
+    not excluded by ``filters.exclude_patients``); ``stats()`` aggregate counts (no content)."""
+
+    def history(self, record_id: str) -> list[StoredRecord]: ...
+
+    def chunks_of(self, record_id: str) -> list[Any]: ...
+
+    def iter_records(self, filters: SearchFilters | None = None, *, batch: int = 1000) -> Iterator[StoredRecord]: ...
+
+    def stats(self) -> dict[str, Any]: ...
+
+    def close(self) -> None: ...

@@ -21,10 +21,6 @@ from rich.console import Console
 
 from sage_health.core.config import Settings
 from sage_health.core.errors import SageError
-from sage_health.data.governance.access import GovernedStore, open_governed
-from sage_health.data.governance.policy import Action
-from sage_health.data.store.factory import open_store
-from sage_health.data.store.health import require_store
 from sage_health.services.session import Credentials, Runtime, Session, open_session
 
 out = Console()
@@ -74,14 +70,6 @@ def echo_json(payload: Any) -> None:
     typer.echo(json.dumps(payload, indent=2, default=str, ensure_ascii=False))
 
 
-def evaluation_access(settings: Settings, action: Action = Action.EVALUATE) -> GovernedStore:
-    """Policy check for a command that works on explicit files rather than the store (evaluations, training
-    from files): the acting principal must be allowed ``action``; the returned governed store audits the run."""
-    governed = open_governed(settings, open_store(settings, must_exist=False))
-    governed.decide(action)
-    return governed
-
-
 @dataclass(frozen=True)
 class Cli:
     """The common options of one command invocation."""
@@ -99,9 +87,8 @@ class Cli:
         credentials, from ``--as`` on a local store without authentication. ``must_exist``: a command that only
         reads refuses a store that does not exist yet (opening a session would otherwise create it)."""
         settings = self.settings()
-        if must_exist:
-            require_store(settings)
-        return open_session(settings, Credentials.from_settings(settings, channel="cli"), runtime=runtime)
+        creds = Credentials.from_settings(settings, channel="cli")
+        return open_session(settings, creds, runtime=runtime, must_exist=must_exist)
 
     def emit(self, payload: Any, render: Callable[[], None]) -> None:
         """``--json``: print ``payload`` as JSON; otherwise call ``render`` (tables)."""
