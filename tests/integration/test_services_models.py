@@ -93,10 +93,11 @@ def test_registry_use_cases_decide_audit_and_refuse_impostors(settings: Settings
     assert shown.entry.ref == "cxr@1"
     assert [e.action for e in shown.events] == ["register", "promote"]
     # a purpose the role may not act for reads nothing, not even model metadata (and the denial is audited)
-    wrong = open_session(settings, Credentials(principal="clinician", purpose="research"))
-    with pytest.raises(PolicyViolation, match="may not act for research"):
-        models.list_models(wrong)
-    assert _last(settings, "models").detail["outcome"] == "denied"
+    # (refused when the session opens: no use case runs for a purpose the role may not act for)
+    with pytest.raises(PolicyViolation, match="may not act for purpose 'research'"):
+        open_session(settings, Credentials(principal="clinician", purpose="research"))
+    refused = _last(settings, "purpose")
+    assert (refused.principal, refused.purpose, refused.detail["outcome"]) == ("clinician", "research", "denied")
 
     models.register_model(admin, "cxr", backend="extractive")
     archived = models.archive_model(admin, "cxr@2", reason="superseded")

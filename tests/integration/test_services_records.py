@@ -289,22 +289,15 @@ def test_stats_for_any_principal_are_the_same_counts_and_audited(env: Env) -> No
     assert {e.principal for e in _events(env.settings, "stats")} >= set(ROLES)
 
 
-def test_search_and_show_denied_for_a_purpose_the_role_may_not_act_for_are_audited(env: Env) -> None:
-    pid = _patient_ids(env)[0]
-    with env.session("clinician", "research") as clinician:
-        with pytest.raises(PolicyViolation, match="may not act for purpose 'research'"):
-            records.search(clinician, "blood pressure")
-        with pytest.raises(PolicyViolation, match="may not act for purpose 'research'"):
-            records.show(clinician, pid)
-        with pytest.raises(PolicyViolation, match="may not act for purpose 'research'"):
-            records.timeline(clinician, pid, "blood pressure")
-    denied = [
-        (e.action, e.record_ids)
-        for e in AuditLog.for_settings(env.settings).events()
-        if e.principal == "clinician" and e.purpose == "research" and e.detail["outcome"] == "denied"
+def test_a_purpose_the_role_may_not_act_for_is_refused_before_any_read_and_audited(env: Env) -> None:
+    before = len(AuditLog.for_settings(env.settings).events())
+    with pytest.raises(PolicyViolation, match="may not act for purpose 'research'"):
+        env.session("clinician", "research")
+    events = AuditLog.for_settings(env.settings).events()[before:]
+    assert [(e.principal, e.purpose, e.action, e.detail["outcome"]) for e in events] == [
+        ("clinician", "research", "purpose", "denied")
     ]
-    assert [a for a, _ in denied] == ["search", "read", "read"]
-    assert all(ids == () for _, ids in denied)  # a denial hands out nothing, not even ids
+    assert events[0].record_ids == ()  # a refusal hands out nothing, not even ids
 
 
 def test_research_opt_out_is_excluded_inside_the_query(env: Env) -> None:

@@ -213,14 +213,18 @@ def auth_required(settings: Settings) -> bool:
     return IdentityStore(settings.db_path).enabled()
 
 
-def _audit_failure(settings: Settings, credentials: Credentials, reason: str) -> None:
+def _audit_failure(
+    settings: Settings, credentials: Credentials, reason: str, *, principal: str | None = None, action: str
+) -> None:
+    """One audit event for a refused session: ``authenticate`` (no valid credentials; the principal is unknown,
+    ``-``) or ``purpose`` (an identified principal declaring a purpose its role may not act for)."""
     if not settings.db_path.parent.is_dir():
         return  # no store yet: nothing to append to (and nothing to protect)
     token_id = token_id_of(credentials.token) if credentials.token else None
     AuditLog.for_settings(settings).append(
-        principal="-",
+        principal=principal or "-",
         purpose=credentials.purpose if credentials.purpose in ("treatment", "research", "operations") else None,
-        action="authenticate",
+        action=action,
         record_ids=[],
         query=None,
         detail={"outcome": "denied", "reason": reason, "token_id": token_id, "channel": credentials.channel},
@@ -285,9 +289,13 @@ def open_session(
     policy = PolicyEngine(settings.db_path)
     try:
         principal, token_id, mode = _identify(creds, IdentityStore(settings.db_path, policy), require_token)
-        access = _bind(policy, principal, creds.purpose)
     except PolicyViolation as exc:  # AuthenticationError included
-        _audit_failure(settings, creds, str(exc))
+        _audit_failure(settings, creds, str(exc), action="authenticate")
+        raise
+    try:
+        access = _bind(policy, principal, creds.purpose)
+    except PolicyViolation as exc:
+        _audit_failure(settings, creds, str(exc), principal=principal.name, action="purpose")
         raise
     return Session(
         settings=settings,
