@@ -75,7 +75,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> World:
     policy = PolicyEngine(settings.db_path)
     admin_access = policy.access("admin", "operations")
     identity = IdentityStore(settings.db_path, policy)
-    tokens = {role: identity.create(role, by=admin_access).token for role in ("admin", "researcher")}
+    tokens = {role: identity.create(role, by=admin_access).token for role in ("admin", "researcher", "data_steward")}
 
     code, text = _cli(["search", "encounter", "--store", str(store), "--json", "-k", "20"],
                       token=tokens["researcher"], purpose="research")  # fmt: skip
@@ -123,9 +123,18 @@ def _researcher_commands(w: World) -> list[tuple[list[str], int]]:
         (["dataset", "list", "--json"], 0),
         (["dataset", "show", "synth-obs", "--json"], 0),
         (["dataset", "export", "synth-obs", "--out", str(export_dir), "--json"], 0),
+        (["search", "medication", "--mode", "bm25", "--json"], 0),
+        (["search", "medication", "--mode", "dense"], 0),
+        (["search", "vital signs", "--type", "Observation", "--since", "2015-01-01", "--json"], 0),
         (["models", "list", "--json"], 0),
+        (["models", "show", "extractive", "--json"], 0),
+        (["generate", "Summarise: no acute findings.", "--model", "extractive", "--json"], 0),
+        (["coevolve", "history", "--json"], 0),
         (["trace", "no-such-run"], 1),
+        (["runs", "--json"], 1),
         (["audit", "show"], 1),
+        (["erase", "--patient", w.pseudonym, "--reason", "sweep"], 1),
+        (["consent", "list", "--json"], 1),
     ]
 
 
@@ -143,8 +152,17 @@ def _admin_commands(w: World) -> list[tuple[list[str], int]]:
         (["audit", "show", "--patient", w.pseudonym, "--json"], 0),
         (["principals", "list", "--json"], 0),
         (["principals", "token", "list", "--json"], 0),
+        (["principals", "token", "create", "researcher", "--label", "sweep", "--json"], 0),
+        (["auth", "status", "--json"], 0),
+        (["dataset", "create", "synth-admin", "--from", "Condition", "--task", "text", "--deid", "--json"], 0),
         (["dataset", "list", "--json"], 0),
+        (["dataset", "show", "synth-admin"], 0),
         (["models", "list", "--json"], 0),
+        (["models", "show", "extractive"], 0),
+        (["generate", "Summarise: lungs clear.", "--model", "extractive"], 0),
+        (["coevolve", "history"], 0),
+        (["runs"], 1),
+        (["trace", "no-such-run", "--json"], 1),
     ]
 
 
@@ -159,6 +177,16 @@ def _sweep(w: World, role: str, purpose: str, commands: list[tuple[list[str], in
             wrong_exit.append(f"{label} exit {code} (expected {expected}): {text[-300:]}")
         found += _check(w, label, text, full)
     return found, wrong_exit
+
+
+def test_the_sweep_sees_identifiers_where_they_are_allowed(world: World) -> None:
+    # a data steward reads identified data: the same check must find the patient there, or it could not fail
+    real = world.patient_record_ids[0]
+    code, text = _cli(["show", real, "--json", "--store", str(world.store)], token=world.tokens["data_steward"],
+                      purpose="operations")  # fmt: skip
+    assert code == 0, text
+    kinds = {line.rsplit(": ", 1)[1] for line in _check(world, "steward show", text, [])}
+    assert {"name", "address", "number", "birth_date", "patient_id"} <= kinds
 
 
 def test_researcher_cli_reveals_no_identifier(world: World) -> None:
