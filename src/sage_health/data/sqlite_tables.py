@@ -25,6 +25,7 @@ def connect(path: Path, *, schema: str, what: str) -> Iterator[sqlite3.Connectio
         conn.row_factory = sqlite3.Row
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("PRAGMA secure_delete=ON")  # erased rows leave no bytes behind in free pages
         conn.executescript(schema)
     except sqlite3.Error as exc:
         raise StoreError(f"cannot open {what} in {path}: {exc}") from exc
