@@ -221,9 +221,10 @@ def main() -> int:
         f"{cv_ours['selected_on_all']} (shipped default: {DEFAULT_FUSION.name}).",
         "",
         f"Learned NER (`{payload['learned_model']['path']}`): spaCy NER (HashEmbedCNN width {recipe.get('width')}, "
-        f"depth {recipe.get('depth')}) trained on {recipe.get('examples')} generated texts for "
-        f"{recipe.get('epochs')} epochs (templates and faker identities of `deid/generate.py`; no evaluation text). "
-        "Validation on held-out generator templates: "
+        f"depth {recipe.get('depth')}) trained for {recipe.get('epochs')} epochs on {recipe.get('examples')} "
+        "generated texts (templates and faker identities of `deid/generate.py`) and "
+        f"{recipe.get('medical_negatives')} PubMedQA abstract sentences as texts without identifiers; no evaluation "
+        "text. Exact-span validation on generator templates held out of training: "
         f"{(meta.get('sage_validation') or {}).get('ALL')}.",
         "",
         "Peer: " + payload["peer_note"] + ".",
@@ -253,7 +254,8 @@ def main() -> int:
     md += [
         "",
         f"Learned NER alone on the dev sentences: {learned_speed['single_texts_per_second']} texts/s one at a time, "
-        f"{learned_speed['batched_texts_per_second']} texts/s batched (`find_learned_many`).",
+        f"{learned_speed['batched_texts_per_second']} texts/s batched (`find_learned_many`). Throughput depends on "
+        "what else runs on the 2 cores: see the load average below.",
         "",
         c.machine_md(payload["machine"]),
     ]

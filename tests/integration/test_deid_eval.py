@@ -129,12 +129,13 @@ def test_cross_validation_scores_choices_on_unseen_templates(cross_validation: C
     overall = cv.spans.overall
     assert overall.recall_strict is not None
     assert overall.precision_strict is not None
-    assert overall.recall_strict >= 0.93
-    assert overall.precision_strict >= 0.9
-    for label in ("NAME", "ADDRESS", "PHONE"):
+    assert overall.recall_strict >= TARGET_RECALL
+    assert overall.precision_strict >= 0.93
+    for label, floor in (("NAME", TARGET_RECALL), ("ADDRESS", TARGET_RECALL), ("PHONE", TARGET_RECALL),
+                         ("LOCATION", 0.8)):  # fmt: skip
         recall = cv.spans.label(label).recall_strict
         assert recall is not None
-        assert recall >= 0.93, label
+        assert recall >= floor, label
 
 
 def test_cross_validation_of_one_deidentifier_is_its_pooled_figure(data_dir: Path) -> None:
@@ -164,7 +165,24 @@ def test_generator_templates_are_not_the_dev_templates(data_dir: Path) -> None:
     def shape(template: str) -> str:
         return " ".join(slot.sub("<>", template).lower().split())
 
-    dev = {shape(str(s["masked"])) for s in load_presidio_file(data_dir / DEV_FILE) if s.get("spans")}
-    ours = {shape(t) for items in TEMPLATES.values() for t in items}
+    def worded(shapes: set[str]) -> set[str]:  # a bare list of slots ("<> <> <>") is no sentence to copy
+        return {x for x in shapes if len(re.findall(r"[a-z]{2,}", x)) >= 2}
+
+    dev = worded({shape(str(s["masked"])) for s in load_presidio_file(data_dir / DEV_FILE) if s.get("spans")})
+    ours = worded({shape(t) for items in TEMPLATES.values() for t in items})
     assert len(dev) > 50
+    assert len(ours) > 300
     assert not (dev & ours)
+
+
+def test_cli_rejects_an_unknown_cv_grouping(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from sage_health.interfaces.cli import app
+
+    runner = CliRunner(env={"SAGE_PRINCIPAL": "", "SAGE_PURPOSE": ""})
+    args = ["eval", "deid", "--cv-by", "sentence", "--store", str(tmp_path / "sage.db"), "--as", "researcher",
+            "--purpose", "research"]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1
+    assert "unknown --cv-by 'sentence'; use one of template" in result.output

@@ -189,23 +189,34 @@ def evaluate_labeler(session: Session, *, data_dir: Path | None = None) -> Label
 
 
 def evaluate_deid(
-    session: Session, *, file: Path | None = None, mode: str | None = None, data_dir: Path | None = None
+    session: Session,
+    *,
+    file: Path | None = None,
+    mode: str | None = None,
+    data_dir: Path | None = None,
+    cv_by: str | None = None,
 ) -> DeidEvaluation:
     """De-identification: span P/R/F1 per entity (strict + relaxed) and eponym over-redaction; with ``mode``,
-    how many gold values survive de-identification in that mode."""
+    how many gold values survive de-identification in that mode; with ``cv_by="template"``, template-grouped
+    5-fold cross-validation (the de-identifier's settings chosen on the other folds)."""
     from sage_health.data.governance.deid import DEID_MODES, PresidioDeidentifier, deid_key
-    from sage_health.data.governance.deid_eval import evaluate
+    from sage_health.data.governance.deid_eval import CV_BY, evaluate
 
     if mode is not None and mode not in DEID_MODES:
         raise EvaluationError(f"unknown --mode {mode!r}; use one of {', '.join(DEID_MODES)}")
+    if cv_by is not None and cv_by not in CV_BY:
+        raise EvaluationError(f"unknown --cv-by {cv_by!r}; use one of {', '.join(CV_BY)}")
     session.decide(Action.EVALUATE, detail={"task": "deid"})
     settings = session.settings
-    result = evaluate(PresidioDeidentifier(deid_key(settings)), data_dir or settings.data_dir, file=file, mode=mode)
+    result = evaluate(
+        PresidioDeidentifier(deid_key(settings)), data_dir or settings.data_dir, file=file, mode=mode, cv_by=cv_by
+    )
     session.audit(
         Action.EVALUATE.value,
         detail={
             "task": "deid",
             "mode": mode,
+            "cv_by": cv_by,
             "texts": result.spans.texts,
             "file_sha256": _file_hash(Path(result.spans.file)),
         },

@@ -222,6 +222,13 @@ def eval_deid(
         typer.Option("--mode", help="Also de-identify in this mode (tag|surrogate|shift) and count surviving values."),
     ] = None,
     data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Public data (default SAGE_DATA_DIR).")] = None,
+    cv_by: Annotated[
+        str | None,
+        typer.Option(
+            "--cv-by",
+            help="template: also 5-fold cross-validation grouped by template_id (settings chosen on the other folds).",
+        ),
+    ] = None,
 ) -> None:
     """Evaluate de-identification: span P/R/F1 per entity (strict + relaxed) and eponym over-redaction.
     Policy: ``evaluate``."""
@@ -230,7 +237,7 @@ def eval_deid(
         from sage_health.data.governance.deid_eval import rows
 
         with cli.session() as session:
-            result = evaluations.evaluate_deid(session, file=file, mode=mode, data_dir=data_dir)
+            result = evaluations.evaluate_deid(session, file=file, mode=mode, data_dir=data_dir, cv_by=cv_by)
         if cli.as_json:
             echo_json(result.model_dump(mode="json"))
             return
@@ -269,6 +276,18 @@ def eval_deid(
             out.print(
                 f"{mode} mode: {int(result.mode_check['survived'])} of {int(result.mode_check['gold_values'])} gold "
                 f"values survive verbatim ({result.mode_check['survival_rate']:.1%})"
+            )
+        cv = result.cross_validation
+        if cv is not None:
+            figures = ", ".join(
+                f"{m.label} {fmt(m.recall_strict)}/{fmt(m.precision_strict)}"
+                for m in rows(cv.spans)
+                if m.label in ("NAME", "ADDRESS", "PHONE", "LOCATION", "ALL")
+            )
+            out.print(
+                f"{cv.cv_by}-CV ({cv.folds} folds, strict R/P): {figures}; chosen per fold: "
+                f"{', '.join(f.selected for f in cv.per_fold)}",
+                highlight=False,
             )
 
     run_command(body)

@@ -49,9 +49,11 @@ DEFAULT_FUSION: Final = Fusion(learned=True, gate=0.0, join=True)
 
 
 def fusion_grid() -> tuple[Fusion, ...]:
-    """The candidate settings the template cross-validation chooses among."""
-    out = [Fusion(learned=False, join=join) for join in (False, True)]
-    out += [Fusion(learned=True, gate=gate, join=join) for gate in (0.0, 0.45, 0.65, 0.9) for join in (False, True)]
+    """The candidate settings the template cross-validation chooses among: rules alone, or rules and model with a
+    gate on weak rule hits. Address blocks are always joined: an address is one identifier (issue 14), so that is a
+    requirement, not a tuned choice."""
+    out = [Fusion(learned=False, join=True)]
+    out += [Fusion(learned=True, gate=gate, join=True) for gate in (0.0, 0.45, 0.65, 0.9)]
     return tuple(out)
 
 

@@ -28,15 +28,18 @@ from typing import TYPE_CHECKING, Any, Final, cast
 
 from sage_health.data.governance.deid.generate import MODEL_LABELS, Example, generate, template_ids
 from sage_health.data.governance.deid.hit import Hit
-from sage_health.data.governance.deid.lexicon import english_words, place_lexicon
+from sage_health.data.governance.deid.lexicon import common_words, english_words, name_lexicon, place_lexicon
+from sage_health.data.governance.deid.names import clinical_word
 from sage_health.data.governance.deid.types import DeidentificationError, EntityLabel
 
 if TYPE_CHECKING:
     from spacy.language import Language
 
 MODEL_DIR: Final = Path(__file__).with_name("model")
-SCORE: Final = 0.75
-"""Score of a learned span (the transition-based NER gives no per-span probability)."""
+SCORE: Final = 0.45
+"""Score of a learned span (the transition-based NER gives no per-span probability). Below most rule scores, so
+that where a rule and the model find the same span, the rule's label wins (the model adds spans; it does not
+relabel them)."""
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,9 @@ class Recipe:
     hidden: int = 64
     validation_every: int = 7
     """Every n-th template (by id order) is held out of training and generates the validation texts."""
+    medical_negatives: int = 2500
+    """Sentences of PubMedQA abstracts (shared data, no PHI) added as texts without identifiers; sentences in which
+    the rule recognizers see a name, place, address or phone are left out."""
 
 
 RECIPE: Final = Recipe()
@@ -137,11 +143,49 @@ def _score(nlp: Language, data: Sequence[Any]) -> dict[str, dict[str, float]]:
     return out
 
 
+PUBMEDQA_FILE: Final = Path("pubmedqa") / "ori_pqal_dev.json"
+
+
+def medical_negatives(path: Path, n: int, seed: int) -> list[Example]:
+    """``n`` sentences of the PubMedQA abstracts in ``path`` (a seeded sample) as texts without identifiers, leaving
+    out any sentence in which the rule recognizers find a name, place, address or phone number."""
+    from sage_health.data.governance.deid.recognizers import RULE_RECOGNIZERS
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DeidentificationError(
+            f"{path.name}: cannot read the PubMedQA file for the model's medical negatives ({type(exc).__name__}); "
+            "set SAGE_DATA_DIR to the shared data folder"
+        ) from exc
+    sentences: list[str] = []
+    for key in sorted(data):
+        item = data[key]
+        for text in [item.get("QUESTION", ""), *item.get("CONTEXTS", [])]:
+            sentences += [s.strip() for s in re.split(r"(?<=[.!?])\s+", str(text)) if len(s.strip()) >= 20]
+    rng = random.Random(seed)  # noqa: S311 - a reproducible sample
+    rng.shuffle(sentences)
+    out: list[Example] = []
+    unwanted = {"NAME", "LOCATION", "ADDRESS", "PHONE", "ZIP"}
+    for sentence in sentences:
+        if any(h.label in unwanted for _, _, find in RULE_RECOGNIZERS for h in find(sentence)):
+            continue
+        out.append(Example(text=sentence, spans=(), template="pubmedqa"))
+        if len(out) >= n:
+            break
+    return out
+
+
 def train(
-    out_dir: Path = MODEL_DIR, *, recipe: Recipe = RECIPE, on_progress: Callable[[str], None] | None = None
+    out_dir: Path = MODEL_DIR,
+    *,
+    recipe: Recipe = RECIPE,
+    pubmedqa: Path | None = None,
+    on_progress: Callable[[str], None] | None = None,
 ) -> TrainReport:
-    """Train the NER model from generated text and write it to ``out_dir`` (deterministic for one recipe, one
-    thread). Validation texts come from templates held out of training (every ``validation_every``-th id)."""
+    """Train the NER model from generated text (and ``recipe.medical_negatives`` PubMedQA sentences from
+    ``pubmedqa``, when given) and write it to ``out_dir`` (deterministic for one recipe, one thread). Validation
+    texts come from templates held out of training (every ``validation_every``-th id)."""
     import spacy
 
     spacy_util: Any = spacy.util
@@ -155,7 +199,10 @@ def train(
     ner: Any = nlp.add_pipe("ner", config=_ner_config(recipe))
     for label in MODEL_LABELS:
         ner.add_label(label)
-    train_data = _to_examples(nlp, generate(recipe.examples, seed=recipe.seed, include=kept))
+    generated = generate(recipe.examples, seed=recipe.seed, include=kept)
+    if pubmedqa is not None and recipe.medical_negatives:
+        generated += medical_negatives(pubmedqa, recipe.medical_negatives, recipe.seed)
+    train_data = _to_examples(nlp, generated)
     valid_data = _to_examples(nlp, generate(recipe.validation, seed=recipe.seed + 1, include=held))
     say(f"generated {len(train_data)} training texts ({len(kept)} templates), {len(valid_data)} validation texts")
     optimizer = nlp.initialize(lambda: train_data)
@@ -186,7 +233,7 @@ def train(
         seconds=round(time.perf_counter() - started, 1),
         losses=tuple(losses_by_epoch),
         validation=validation,
-        path=str(out_dir),
+        path=out_dir.name,
     )
     (out_dir / "training.json").write_text(json.dumps(asdict(report), indent=2) + "\n", encoding="utf-8")
     return report
@@ -224,8 +271,10 @@ _EDGE_PUNCT: Final = " \t\n,;:.!?-\u2013()\"'"
 
 
 def _tidy(text: str, start: int, end: int, label: str) -> tuple[int, int] | None:
-    """The span without what the model may have run into: ordinary lower-case words after (or before) a name, a place
-    or an address, words after the last digit of a phone number, a "ZIP" without digits. None: nothing is left."""
+    """The span without what the model may have run into (ordinary lower-case words after or before a name, a place
+    or an address; words after a phone number), or None when it cannot be the identifier it is labelled: a name or
+    place of ordinary words only (:func:`_only_vocabulary`), an address without a street word or house number
+    (:func:`_address_like`), a phone number of fewer than 6 digits, a postal code of fewer than 3."""
     span = text[start:end]
     if label == "PHONE":
         m = _PHONE_RUN.search(span)
@@ -233,8 +282,8 @@ def _tidy(text: str, start: int, end: int, label: str) -> tuple[int, int] | None
             return None
         return start + m.start(), start + m.end()
     if label == "ZIP":
-        if not any(ch.isdigit() for ch in span):
-            return None
+        if sum(ch.isdigit() for ch in span) < 3 or any(ch.islower() for ch in span):
+            return None  # postal codes have digits and no lower-case letters ("02110", "SW1A 1AA", "1012 AB")
     else:
         english = english_words()
         keep = place_lexicon().street_suffixes | _PARTICLES if label == "ADDRESS" else _PARTICLES
@@ -248,11 +297,70 @@ def _tidy(text: str, start: int, end: int, label: str) -> tuple[int, int] | None
         while len(words) > 1 and (not words[0][2] or ordinary(words[0][2])) and label != "ADDRESS":
             words.pop(0)
         start, end = start + words[0][0], start + words[-1][1]
+        if label in ("NAME", "LOCATION") and _only_vocabulary(
+            label, [w for _, _, w in words], sentence_start=_opens_sentence(text, start)
+        ):
+            return None
+        if label == "ADDRESS" and not _address_like([w for _, _, w in words]):
+            return None
     while start < end and text[start] in _EDGE_PUNCT and text[start] not in "+(":
         start += 1
     while end > start and text[end - 1] in _EDGE_PUNCT and not (text[end - 1] == ")" and "(" in text[start:end]):
         end -= 1
     return (start, end) if end > start else None
+
+
+def _only_vocabulary(label: str, words: Sequence[str], *, sentence_start: bool) -> bool:
+    """Whether a NAME/LOCATION span holds nothing that can be a name or a place: a lower-case span none of whose
+    words is a known name (NAME) or place (LOCATION) ("account", "doxorubicin", "high-grade"), or ordinary words —
+    English vocabulary, clinical terms (by their endings), short acronyms ("AML") — none of which is a known name or
+    place ("Cool", "Personal Info", "Adult Soft Tissue Sarcoma")."""
+    english = english_words()
+    names = name_lexicon()
+    places = place_lexicon()
+    cores = [w.strip(_EDGE_PUNCT).removesuffix("'s").removesuffix("\u2019s") for w in words]
+    cores = [c for c in cores if c]
+    if not cores:
+        return True
+    lows = [c.lower() for c in cores]
+    phrase = " ".join(lows)
+
+    def known(low: str) -> bool:
+        if label == "NAME":
+            return low in names
+        return low in places.cities or low in places.regions or low in places.countries
+
+    if any(c.isdigit() for c in cores):
+        return True  # "Approximately 4": a number is no part of a name or a place
+    if all(c.islower() for c in cores):
+        return not (all(known(w) and w not in english for w in lows) or known(phrase))
+    if len(cores) == 1 and sentence_start and lows[0] in common_words():
+        return True  # "General", "Several" opening a sentence
+    if known(phrase) or any(known(w) for w in lows if len(w) > 2):
+        return False
+    pairs = zip(cores, lows, strict=True)
+    return all(low in english or clinical_word(low) or (c.isupper() and len(c) <= 5) for c, low in pairs)
+
+
+def _opens_sentence(text: str, start: int) -> bool:
+    before = text[max(0, start - 12) : start].rstrip(" \t\"'(*-")
+    if start > 12 and not before:
+        return False
+    return not before or before[-1] in ".!?:;\n"
+
+
+def _address_like(words: Sequence[str]) -> bool:
+    """An address holds a street word ("Rue Cler", "Main Street"), or a number beside a word that is no ordinary
+    English word or beside two more words ("Mellemvej 32", "PSC 1234, Box 5678"); not "Level 5" or "5 Musicians"."""
+    places = place_lexicon()
+    english = english_words()
+    streets = places.street_suffixes | places.street_prefixes
+    lows = [w.lower().strip(_EDGE_PUNCT) for w in words]
+    if any(w in streets or w.endswith(places.street_word_endings) for w in lows):
+        return True
+    alpha = [w for w in lows if w.isalpha()]
+    has_number = any(ch.isdigit() for w in words for ch in w)
+    return has_number and (len(alpha) >= 3 or any(w not in english for w in alpha))
 
 
 def _hits(text: str, ents: Sequence[Any]) -> list[Hit]:
@@ -292,7 +400,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     out = Path(args[0]) if args else MODEL_DIR
-    report = train(out, on_progress=lambda msg: print(msg, file=sys.stderr))
+    data_dir = Path(os.environ.get("SAGE_DATA_DIR", Path(__file__).resolve().parents[6] / "shared" / "data"))
+    report = train(out, pubmedqa=data_dir / PUBMEDQA_FILE, on_progress=lambda msg: print(msg, file=sys.stderr))
     print(json.dumps(asdict(report), indent=2))
     return 0
 

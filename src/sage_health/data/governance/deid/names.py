@@ -228,6 +228,12 @@ def _token_strength(text: str, toks: list[_Tok], i: int, *, titled: bool, cue: b
     return 0.0
 
 
+def clinical_word(word: str) -> bool:
+    """Whether ``word`` (lower case) has the ending of a clinical term or of a word that is no name ("-itis",
+    "-ectomy", "-mycin", "-ular", "-ism", "-ation"...)."""
+    return bool(_CLINICAL_SUFFIX.search(word) or _UNKNOWN_NOT_NAME.search(word))
+
+
 def is_title(word: str) -> bool:
     """Whether ``word`` is a person title as this recognizer reads titles ("Dr", "MRS.", "Prof", "Doctor")."""
     return _TITLE.fullmatch(word) is not None
