@@ -52,7 +52,6 @@ def test_fresh_store_keeps_the_single_user_mode(tmp_path: Path) -> None:
     # the first token must be an administrator's: anything else is refused and switches nothing on
     refused = _error(_run(["principals", "token", "create", "researcher", *ADMIN], store))
     assert "the first token of a store must belong to an administrator" in refused
-    assert _error(_run(["enable", *ADMIN], store, sub=auth_app)).count("first token of a store") == 1
     assert _json(_run(["principals", "token", "list", *ADMIN, "--json"], store)) == []
     assert _json(_run(["principals", "list", *ADMIN, "--json"], store))  # still the local mode
     # a clinician may not manage principals (and the refusal is audited)
@@ -62,6 +61,18 @@ def test_fresh_store_keeps_the_single_user_mode(tmp_path: Path) -> None:
     events = AuditLog.for_settings(Settings(store=store)).events(action="principals")
     assert events[-1].detail["outcome"] == "denied"
     assert events[-1].principal == "clinician"
+    # `auth enable` on a store without an admin token issues one to the acting admin (shown once) and switches on,
+    # so switching authentication on can never lock the administrators out
+    enabled = _json(_run(["enable", *ADMIN, "--json"], store, sub=auth_app))
+    assert isinstance(enabled, dict)
+    assert (enabled["required"], enabled["changed"], enabled["issued"]["principal"]) == (True, True, "admin")
+    token = str(enabled["issued"]["token"])
+    assert "requires credentials" in _error(_run(["principals", "list", *ADMIN, "--json"], store))
+    assert _json(_run(["principals", "list", "--purpose", "operations", "--json"], store, token=token))
+    again = _json(_run(["enable", "--purpose", "operations", "--json"], store, token=token, sub=auth_app))
+    assert isinstance(again, dict)
+    assert (again["changed"], "issued" in again) == (False, False)
+    assert token.encode() not in _db_bytes(store)
 
 
 def test_tokens_replace_names_once_a_store_has_one(tmp_path: Path) -> None:

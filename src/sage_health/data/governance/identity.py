@@ -216,10 +216,10 @@ class IdentityStore:
             return []
         with self._conn() as conn:
             if principal:
-                rows = conn.execute("SELECT * FROM api_tokens WHERE principal = ? ORDER BY created_at, id",
+                rows = conn.execute("SELECT * FROM api_tokens WHERE principal = ? ORDER BY created_at, rowid",
                                     (principal,))  # fmt: skip
             else:
-                rows = conn.execute("SELECT * FROM api_tokens ORDER BY created_at, id")
+                rows = conn.execute("SELECT * FROM api_tokens ORDER BY created_at, rowid")
             return [self._info(r) for r in rows]
 
     def revoke(self, token_id: str, *, by: Access) -> TokenInfo:
