@@ -11,7 +11,6 @@ asserts that no canary survives anywhere in the output (case-insensitive; names 
 from __future__ import annotations
 
 import hashlib
-import re
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from sage_health.data.governance.deid import DeidMode, PresidioDeidentifier, dei
 from sage_health.data.ingest.base import IngestContext, load_json
 from sage_health.data.ingest.fhir import FhirBundleConnector
 from sage_health.data.schema import Patient, RecordBase
+from sage_health.testing.canaries import Canaries, canaries, date_formats, leaks, patient_resource
 
 pytestmark = pytest.mark.integration
 
@@ -35,39 +35,14 @@ def _bundles(data_dir: Path) -> list[Path]:
     return paths
 
 
-def _patient_resource(bundle: dict[str, Any]) -> dict[str, Any]:
-    return next(e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Patient")
+def _canaries(resource: dict[str, Any]) -> Canaries:
+    """The patient's identity canaries (names of 2+ letters; the real id is not PHI in this text-level test)."""
+    found = canaries(resource, min_name_length=2)
+    return Canaries({k: v for k, v in found.values.items() if k != "patient_id"})
 
 
-def _date_formats(value: date) -> list[str]:
-    month = value.strftime("%B")
-    return [
-        value.isoformat(),
-        f"{value.month:02d}/{value.day:02d}/{value.year}",
-        f"{value.month}/{value.day}/{value.year}",
-        f"{month} {value.day}, {value.year}",
-        f"{value.day} {month} {value.year}",
-        f"{month[:3]} {value.day}, {value.year}",
-        f"{value.day:02d} {month[:3]} {value.year}",
-    ]
-
-
-def _canaries(resource: dict[str, Any]) -> dict[str, list[str]]:
-    names: list[str] = []
-    for name in resource.get("name", []):
-        for part in [*name.get("given", []), name.get("family", "")]:
-            names += [part, re.sub(r"\d+$", "", part)]
-    addresses: list[str] = []
-    for addr in resource.get("address", []):
-        addresses += [*addr.get("line", []), addr.get("city", ""), addr.get("postalCode", "")]
-    numbers = [t["value"] for t in resource.get("telecom", [])] + [i["value"] for i in resource.get("identifier", [])]
-    birth = date.fromisoformat(resource["birthDate"])
-    return {
-        "name": [n for n in names if len(n) >= 2],
-        "address": [a for a in addresses if a],
-        "number": numbers,
-        "birth_date": _date_formats(birth),
-    }
+def _only(found: Canaries, *, keep: str | None = None, drop: str | None = None) -> Canaries:
+    return Canaries({k: v for k, v in found.values.items() if (keep is None or k == keep) and k != drop})
 
 
 def _summary(resource: dict[str, Any]) -> str:
@@ -75,7 +50,7 @@ def _summary(resource: dict[str, Any]) -> str:
     given = " ".join(name.get("given", []))
     family = name.get("family", "")
     birth = date.fromisoformat(resource["birthDate"])
-    formats = _date_formats(birth)
+    formats = date_formats(birth)
     addr = resource["address"][0]
     ids = {i.get("type", {}).get("text", "Synthea ID"): i["value"] for i in resource.get("identifier", [])}
     phone = next(t["value"] for t in resource["telecom"])
@@ -88,18 +63,6 @@ def _summary(resource: dict[str, Any]) -> str:
         f"Passport number {ids.get('Passport Number', '')}. Mr. {family} was seen on {formats[4]}; "
         f"{given.split()[0]} reports no chest pain. Signed: Dr. {family}."
     )
-
-
-def _leaks(text: str, canaries: dict[str, list[str]]) -> list[str]:
-    """Kinds (never values) of canaries found in ``text``."""
-    found: list[str] = []
-    low = text.lower()
-    for kind, values in canaries.items():
-        for value in values:
-            pattern = rf"(?<![0-9a-z]){re.escape(value.lower())}(?![0-9a-z])"
-            if re.search(pattern, low):
-                found.append(kind)
-    return found
 
 
 @pytest.fixture(scope="module")
@@ -115,31 +78,31 @@ def test_no_synthea_identity_survives(data_dir: Path, deid: PresidioDeidentifier
     name_leaks_without_known = 0
     for path in _bundles(data_dir):
         bundle = load_json(path)
-        resource = _patient_resource(bundle)
+        resource = patient_resource(bundle)
         canaries = _canaries(resource)
         sha = hashlib.sha256(path.read_bytes()).hexdigest()
         records = [r for r in connector.parse(path, sha, ctx) if isinstance(r, RecordBase)]
         patient = next(r for r in records if isinstance(r, Patient))
         own = [r for r in records if r.patient_id == patient.id]
-        texts = [_summary(resource)] + [r.render() for r in own if _leaks(r.render(), canaries)]
-        assert _leaks(texts[0], canaries), "the composed summary must contain the canaries"
-        known_names = [n for n in canaries["name"] if n]
+        texts = [_summary(resource)] + [r.render() for r in own if leaks(r.render(), canaries)]
+        assert leaks(texts[0], canaries), "the composed summary must contain the canaries"
+        known_names = [n for n in canaries.values["name"] if n]
         for mode in MODES:
             for number, text in enumerate(texts):
                 out = deid.deidentify(text, patient_key=patient.id, mode=mode, known={"NAME": known_names}).text
                 checked_texts += 1
-                for kind in _leaks(out, canaries):
+                for kind in leaks(out, canaries):
                     failures.append(f"{path.name[-41:-5]} {mode} free text #{number}: {kind}")
             for record in own:
                 cleaned = deidentify_record(record, deid, mode=mode)
                 dumped = cleaned.model_dump_json()
-                for kind in _leaks(cleaned.render() + " " + dumped, canaries):
+                for kind in leaks(cleaned.render() + " " + dumped, canaries):
                     failures.append(f"{path.name[-41:-5]} {mode} record {record.resource_type}: {kind}")
             # without the structured names, the detector alone must still catch every non-name canary
             alone = deid.deidentify(texts[0], patient_key=patient.id, mode=mode).text
-            for kind in _leaks(alone, {k: v for k, v in canaries.items() if k != "name"}):
+            for kind in leaks(alone, _only(canaries, drop="name")):
                 failures.append(f"{path.name[-41:-5]} {mode} summary without known names: {kind}")
-            name_leaks_without_known += bool(_leaks(alone, {"name": canaries["name"]}))
+            name_leaks_without_known += bool(leaks(alone, _only(canaries, keep="name")))
     assert checked_texts >= 30 * len(MODES)
     # the detector alone (no FHIR name fields) leaves a name part in at most this many of the 60 summaries
     assert name_leaks_without_known <= 12, name_leaks_without_known
@@ -148,7 +111,7 @@ def test_no_synthea_identity_survives(data_dir: Path, deid: PresidioDeidentifier
 
 def test_surrogate_mode_is_consistent_within_a_patient(data_dir: Path, deid: PresidioDeidentifier) -> None:
     path = _bundles(data_dir)[0]
-    resource = _patient_resource(load_json(path))
+    resource = patient_resource(load_json(path))
     text = _summary(resource)
     first = deid.deidentify(text, patient_key="p1", mode="surrogate").text
     again = deid.deidentify(text, patient_key="p1", mode="surrogate").text

@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 from sage_health.core.config import Settings
 from sage_health.core.errors import AuthenticationError, PolicyViolation
-from sage_health.data.governance.access import GovernedStore, RecordView
+from sage_health.data.governance.access import GovernedStore, RecordView, append_event
 from sage_health.data.governance.audit import AuditLog
 from sage_health.data.governance.identity import IdentityStore, token_id_of
 from sage_health.data.governance.policy import (
@@ -38,7 +38,6 @@ from sage_health.data.governance.policy import (
     PolicyEngine,
     Principal,
     allowed_purposes,
-    audit_record_ids,
 )
 from sage_health.data.store.factory import open_store
 from sage_health.data.store.health import require_store
@@ -144,11 +143,13 @@ class Session:
         """The governed store for this principal and purpose (the raw store never leaves the governance layer)."""
         if self._governed is None:
             raw = self.runtime.store(self.settings, must_exist=must_exist)
-            actor: dict[str, Any] = {"channel": self.channel}
-            if self.token_id is not None:
-                actor["token_id"] = self.token_id
             self._governed = GovernedStore(
-                store=raw, access=self.access, policy=self.policy, audit=self.audit_log, view=self.view(), actor=actor
+                store=raw,
+                access=self.access,
+                policy=self.policy,
+                audit=self.audit_log,
+                view=self.view(),
+                actor=self.actor(),
             )
         return self._governed
 
@@ -178,21 +179,15 @@ class Session:
         outcome: str = "ok",
     ) -> None:
         """Append one event (ids and hashes only: never record content, file paths or query text)."""
-        info: dict[str, Any] = dict(detail or {})
+        append_event(self.audit_log, self.access, action, record_ids=record_ids, query=query, detail=detail,
+                     outcome=outcome, actor=self.actor())  # fmt: skip
+
+    def actor(self) -> dict[str, Any]:
+        """How this session's principal was identified, for every audit event it writes."""
+        actor: dict[str, Any] = {"channel": self.channel}
         if self.token_id is not None:
-            info.setdefault("token_id", self.token_id)
-        info.setdefault("channel", self.channel)
-        ids = audit_record_ids(record_ids)
-        if len(record_ids) > len(ids):
-            info["record_count"] = len(record_ids)
-        self.audit_log.append(
-            principal=self.principal,
-            purpose=self.purpose,
-            action=action,
-            record_ids=ids,
-            query=query,
-            detail={"outcome": outcome, **info},
-        )
+            actor["token_id"] = self.token_id
+        return actor
 
     def close(self) -> None:
         """Forget the governed store; close the runtime's stores when this session made its own runtime (one

@@ -52,6 +52,33 @@ if TYPE_CHECKING:
     from sage_health.data.governance.lineage import LineageResult
 
 
+def append_event(
+    audit: AuditLog,
+    access: Access,
+    action: str,
+    *,
+    record_ids: Sequence[str] = (),
+    query: str | None = None,
+    detail: dict[str, Any] | None = None,
+    outcome: str = "ok",
+    actor: dict[str, Any] | None = None,
+) -> None:
+    """Append one audit event for ``access``: ids (capped; the total is noted) and hashes only, never record content,
+    file paths or query text; ``actor`` says how the principal was identified (token id, channel)."""
+    ids = audit_record_ids(record_ids)
+    info = {"outcome": outcome, **(actor or {}), **(detail or {})}
+    if len(record_ids) > len(ids):
+        info["record_count"] = len(record_ids)
+    audit.append(
+        principal=access.principal.name,
+        purpose=access.purpose,
+        action=action,
+        record_ids=ids,
+        query=query,
+        detail=info,
+    )
+
+
 class RecordView(Protocol):
     """Turns identified records and hits into the de-identified view a researcher may see."""
 
@@ -134,18 +161,8 @@ class GovernedStore:
         detail: dict[str, Any] | None = None,
         outcome: str = "ok",
     ) -> None:
-        ids = audit_record_ids(record_ids)
-        info = {"outcome": outcome, **self.actor, **(detail or {})}
-        if len(record_ids) > len(ids):
-            info["record_count"] = len(record_ids)
-        self.audit.append(
-            principal=self.access.principal.name,
-            purpose=self.access.purpose,
-            action=action,
-            record_ids=ids,
-            query=query,
-            detail=info,
-        )
+        append_event(self.audit, self.access, action, record_ids=record_ids, query=query, detail=detail,
+                     outcome=outcome, actor=self.actor)  # fmt: skip
 
     def opted_out(self) -> tuple[str, ...]:
         if self._opted_out is None:
