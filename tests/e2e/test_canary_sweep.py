@@ -207,6 +207,8 @@ def test_api_routes_reveal_no_identifier(world: World) -> None:
     calls = [
         ("GET", "/v1/models", None, 200),
         ("GET", "/v1/runs/no-such-run", None, 404),
+        ("GET", "/v1/runs", None, 403),
+        ("POST", "/v1/runs/no-such-run/resume", None, 403),
         ("POST", "/v1/chat/completions",
          {"model": "extractive", "messages": [{"role": "user", "content": "Summarise: no acute findings."}]}, 200),
     ]  # fmt: skip
