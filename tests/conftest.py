@@ -40,10 +40,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture(autouse=True)
-def _clear_sage_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No SAGE_* variable of the calling shell reaches a test (tests set what they need with monkeypatch/env=)."""
+def _clear_sage_env(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> None:
+    """No SAGE_* variable of the calling shell reaches a test (tests set what they need with monkeypatch/env=).
+
+    The one exception is where the public data lives: integration and e2e tests get ``SAGE_DATA_DIR`` as an
+    absolute path, so the commands they run in-process or in a subprocess find the data whatever the working
+    directory; unit tests get nothing (they must not need the data)."""
     for name in [n for n in os.environ if n.startswith("SAGE_")]:
         monkeypatch.delenv(name)
+    if "unit" not in request.node.keywords:
+        monkeypatch.setenv("SAGE_DATA_DIR", str(Path(SAGE_DATA_DIR or REPO_ROOT.parent / "shared" / "data").resolve()))
 
 
 @pytest.fixture(scope="session")
