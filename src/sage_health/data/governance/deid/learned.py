@@ -224,6 +224,10 @@ def train(
     nlp.meta["sage_recipe"] = asdict(recipe)
     nlp.meta["sage_validation"] = validation
     nlp.to_disk(out_dir)
+    # The string store would list every token of the training texts (some from the shared PubMedQA file); the
+    # hashed-feature model predicts without it, so only the entity labels are kept (predictions are identical).
+    labels = sorted(nlp.get_pipe("ner").labels)  # type: ignore[attr-defined]
+    (out_dir / "vocab" / "strings.json").write_text(json.dumps(labels), encoding="utf-8")
     report = TrainReport(
         examples=len(train_data),
         validation_examples=len(valid_data),
